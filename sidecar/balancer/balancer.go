@@ -2,6 +2,8 @@ package balancer
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"sync/atomic"
 )
 
@@ -40,3 +42,84 @@ type PickInfo struct {
 type Picker interface {
 	Pick(info *PickInfo) int
 }
+
+// Errors returned by New and Config.Validate. They are wrapped with %w and
+// context (the policy name, the YAML key path and value).
+var (
+	ErrUnknownPolicy = errors.New("balancer: unknown lb_policy")
+	ErrInvalidConfig = errors.New("balancer: invalid config")
+)
+
+// policies lists the policy names New accepts, in documentation order.
+var policies = [...]string{WeightedRandom, RoundRobin, LeastRequest, RingHash, Maglev}
+
+// Policies returns the policy names New accepts.
+func Policies() []string { return append([]string(nil), policies[:]...) }
+
+// ValidPolicy reports whether New accepts the policy name.
+func ValidPolicy(name string) bool {
+	for _, p := range policies {
+		if p == name {
+			return true
+		}
+	}
+	return false
+}
+
+// New builds an immutable picker for policy over eps, using math/rand/v2's
+// goroutine-safe, lock-free top-level generator for per-pick randomness.
+//
+// cfg is defaulted (SetDefaults on a copy) and validated. eps is copied: the
+// caller may reuse the slice afterwards; the Active counters are shared, not
+// copied. A Weight of 0 is treated as 1.
+//
+// seed varies what may differ between instances of a fleet without changing
+// any share: the start of round_robin's schedule. Pass a value that differs
+// per sidecar (and per rebuild), e.g. rand.Uint64(). ring_hash and maglev
+// are deterministic: the same endpoints give the same mapping on every
+// instance whatever the seed.
+func New(policy string, cfg Config, eps []Endpoint, seed uint64) (Picker, error) {
+	return NewWithRand(policy, cfg, eps, seed, nil)
+}
+
+// NewWithRand is New with the per-pick random source replaced by rnd, which
+// must return uniformly distributed 64-bit values and be safe for concurrent
+// use if the picker is used concurrently. Tests pass a seeded PCG and pick
+// from one goroutine. A nil rnd means math/rand/v2's rand.Uint64.
+func NewWithRand(policy string, cfg Config, eps []Endpoint, seed uint64, rnd func() uint64) (Picker, error) {
+	if !ValidPolicy(policy) {
+		return nil, fmt.Errorf("%w: %q (want one of %s)", ErrUnknownPolicy, policy, strings.Join(policies[:], ", "))
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(""); err != nil {
+		return nil, err
+	}
+	switch len(eps) {
+	case 0:
+		return constPicker(-1), nil
+	case 1:
+		return constPicker(0), nil
+	}
+	weights := make([]uint64, len(eps))
+	for i, ep := range eps {
+		weights[i] = max(uint64(ep.Weight), 1)
+	}
+	src := source{fn: rnd}
+	switch policy {
+	case WeightedRandom:
+		return &randomPicker{src: src, s: newSampler(weights)}, nil
+	case RoundRobin:
+		return newRoundRobin(weights, seed), nil
+	case LeastRequest:
+		return newLeastRequest(cfg.LeastRequest, eps, weights, src), nil
+	case RingHash:
+		return newRingHash(cfg.RingHash, eps, weights, src), nil
+	default: // Maglev
+		return newMaglev(eps, weights, src), nil
+	}
+}
+
+// constPicker always answers the same index: -1 for no endpoints, 0 for one.
+type constPicker int
+
+func (c constPicker) Pick(*PickInfo) int { return int(c) }

@@ -1,0 +1,53 @@
+# sidemesh — build, run the demo, test (unit + integration + end to end), bench.
+GO       ?= go
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X github.com/sidemesh/sidemesh/sidecar.Version=$(VERSION)
+TOOLS    := bin/tools/consul bin/tools/jaeger
+PKGS     := ./...
+
+.PHONY: all build run test unit vet fmt-check tools bench image clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/sidemesh ./cmd/sidemesh
+
+# The embedded demo: sample backends, a sidecar, a short load, the traffic split.
+run: build
+	./bin/sidemesh demo
+
+# Test tools are Go programs pinned in their own modules (tools/*/go.mod) so
+# their dependency trees never touch ours. Built once, cached in bin/tools/.
+bin/tools/consul: tools/consul/go.mod tools/consul/go.sum
+	cd tools/consul && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/tools/consul github.com/hashicorp/consul
+
+bin/tools/jaeger: tools/jaeger/go.mod tools/jaeger/go.sum
+	cd tools/jaeger && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/tools/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+
+tools: $(TOOLS)
+
+fmt-check:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './tools/*'))"; \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# All tests: vet, gofmt, unit and integration tests with -race, and the
+# end-to-end tests (e2e/) that drive bin/sidemesh against real Consul and Jaeger.
+test: build tools fmt-check vet
+	SIDEMESH_REQUIRE_TOOLS=1 SIDEMESH_BIN=$(CURDIR)/bin/sidemesh $(GO) test -race -count=1 -timeout 40m $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+# Side-by-side benchmark (see bench/README.md) and the Go benchmarks.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./sidecar/...
+	./bench/run.sh
+
+image:
+	docker build -t sidemesh:$(VERSION) .
+
+clean:
+	rm -rf bin

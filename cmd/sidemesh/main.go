@@ -1,0 +1,52 @@
+// Command sidemesh is the one binary: a sidecar (run), an xDS server (xds),
+// the embedded demo (demo), transparent-capture rules (iptables), manifest
+// injection (inject) and its version (version).
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: sidemesh <command> [flags]
+
+commands:
+  run -c FILE        run a sidecar
+  xds -c FILE        run only the xDS server
+  demo [--keep]      sample backends, a sidecar and a short load; prints the traffic split
+  iptables install|remove [flags]   transparent-capture rules
+  inject -f IN.yaml  print Kubernetes manifests with the sidecar added
+  version            print the version
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "xds":
+		return cmdXDS(args[1:], stdout, stderr)
+	case "demo":
+		return cmdDemo(args[1:], stdout, stderr)
+	case "iptables":
+		return cmdIptables(args[1:], stdout, stderr)
+	case "inject":
+		return cmdInject(args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "sidemesh", versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "sidemesh: unknown command %q\n%s", args[0], usage)
+	return 2
+}

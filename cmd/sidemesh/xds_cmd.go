@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sidemesh/sidemesh/sidecar"
+)
+
+// cmdXDS runs only the xDS server: the config's discovery source feeds it,
+// its upstreams list the clusters it serves (listeners are not bound).
+func cmdXDS(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("xds", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "", "config file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "sidemesh xds: -c FILE is required")
+		return 2
+	}
+	cfg, err := sidecar.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "sidemesh xds:", err)
+		return 1
+	}
+	if cfg.XDSServer == nil {
+		fmt.Fprintln(stderr, "sidemesh xds: config: xds_server.listen: must be set")
+		return 1
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	cp, err := sidecar.NewControlPlane(cfg, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "sidemesh xds:", err)
+		return 1
+	}
+	if err := cp.Start(); err != nil {
+		fmt.Fprintln(stderr, "sidemesh xds:", err)
+		return 1
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cp.Stop(ctx)
+	return 0
+}

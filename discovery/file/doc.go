@@ -1,0 +1,7 @@
+// Package file is the static endpoints-file discovery source
+// (`discovery.file`). The file is polled (every 200ms by default, so a change
+// is noticed well inside a second, whether an editor rewrites it in place or
+// renames a new file over it). A file that fails to parse or validate keeps
+// the last good endpoints in service (an ambient error, logged with file and
+// line); a service that disappears from a valid file gets a resource error.
+package file

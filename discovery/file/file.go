@@ -1,0 +1,287 @@
+package file
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sidemesh/sidemesh/discovery"
+)
+
+// ErrParse wraps every problem found in an endpoints file.
+var ErrParse = errors.New("file: bad endpoints file")
+
+// DefaultPollInterval is how often the file is checked for changes.
+const DefaultPollInterval = 200 * time.Millisecond
+
+type fileEndpoint struct {
+	Address string `yaml:"address"`
+	Weight  *int64 `yaml:"weight"`
+}
+
+type fileDoc struct {
+	Services map[string][]yaml.Node `yaml:"services"`
+}
+
+// Parse decodes an endpoints file. Errors name the file position and the
+// endpoint (service and index) at fault.
+func Parse(name string, data []byte) (map[string][]discovery.Endpoint, error) {
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrParse, name, err)
+	}
+	if len(root.Content) == 0 {
+		return nil, fmt.Errorf("%w: %s: empty document (want a `services:` map)", ErrParse, name)
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%w: %s:%d: top level must be a map with key `services`", ErrParse, name, doc.Line)
+	}
+	out := make(map[string][]discovery.Endpoint)
+	seenServices := false
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, v := doc.Content[i], doc.Content[i+1]
+		if k.Value != "services" {
+			return nil, fmt.Errorf("%w: %s:%d: unknown key %q (want `services`)", ErrParse, name, k.Line, k.Value)
+		}
+		seenServices = true
+		if v.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("%w: %s:%d: services must be a map of service name to endpoint list", ErrParse, name, v.Line)
+		}
+		for j := 0; j+1 < len(v.Content); j += 2 {
+			sk, sv := v.Content[j], v.Content[j+1]
+			svc := sk.Value
+			if sv.Kind != yaml.SequenceNode {
+				return nil, fmt.Errorf("%w: %s:%d: services.%s must be a list of endpoints", ErrParse, name, sv.Line, svc)
+			}
+			eps := make([]discovery.Endpoint, 0, len(sv.Content))
+			seen := make(map[string]int)
+			for n, en := range sv.Content {
+				var fe fileEndpoint
+				if err := decodeStrict(en, &fe); err != nil {
+					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: %v", ErrParse, name, en.Line, svc, n, err)
+				}
+				w := int64(1)
+				if fe.Weight != nil {
+					w = *fe.Weight
+				}
+				if w < 1 || w > discovery.MaxWeight {
+					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d] (%s): weight %d must be an integer in 1..%d",
+						ErrParse, name, en.Line, svc, n, fe.Address, w, discovery.MaxWeight)
+				}
+				ep := discovery.Endpoint{Address: fe.Address, Weight: uint32(w)}
+				if err := discovery.ValidateEndpoint(ep); err != nil {
+					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: %v", ErrParse, name, en.Line, svc, n, err)
+				}
+				if prev, dup := seen[fe.Address]; dup {
+					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: address %s repeats services.%s[%d]",
+						ErrParse, name, en.Line, svc, n, fe.Address, svc, prev)
+				}
+				seen[fe.Address] = n
+				eps = append(eps, ep)
+			}
+			out[svc] = eps
+		}
+	}
+	if !seenServices {
+		return nil, fmt.Errorf("%w: %s: missing key `services`", ErrParse, name)
+	}
+	return out, nil
+}
+
+// decodeStrict decodes one endpoint node, refusing unknown keys.
+func decodeStrict(n *yaml.Node, v *fileEndpoint) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("endpoint must be a map like {address: 127.0.0.1:7001, weight: 1}")
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch k, val := n.Content[i].Value, n.Content[i+1]; k {
+		case "address":
+		case "weight":
+			if val.Kind != yaml.ScalarNode || val.ShortTag() != "!!int" {
+				return fmt.Errorf("weight %q must be an integer >= 1", val.Value)
+			}
+		default:
+			return fmt.Errorf("unknown key %q (want address, weight)", k)
+		}
+	}
+	if err := n.Decode(v); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			return fmt.Errorf("%s (weight must be an integer >= 1)", te.Errors[0])
+		}
+		return err
+	}
+	return nil
+}
+
+// Options tune a Source.
+type Options struct {
+	Logger       *slog.Logger
+	PollInterval time.Duration
+}
+
+// Source watches one endpoints file.
+type Source struct {
+	discovery.Fanout
+	path   string
+	log    *slog.Logger
+	every  time.Duration
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu       sync.Mutex
+	last     []byte
+	version  uint64
+	current  map[string]*discovery.Snapshot
+	lastErr  error
+	loadedAt time.Time
+}
+
+var _ discovery.Source = (*Source)(nil)
+
+// New reads the file once (an error here is fatal: there is no last good
+// data yet) and starts watching it.
+func New(path string, opts Options) (*Source, error) {
+	s := &Source{path: path, log: opts.Logger, every: opts.PollInterval, current: map[string]*discovery.Snapshot{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "discovery.file", "file", path)
+	if s.every <= 0 {
+		s.every = DefaultPollInterval
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("file: discovery.file: %w", err)
+	}
+	if err := s.load(data); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel, s.done = cancel, make(chan struct{})
+	go s.poll(ctx)
+	return s, nil
+}
+
+// Err returns the last parse error still in effect (nil once a good file is read).
+func (s *Source) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
+
+// Close stops watching.
+func (s *Source) Close() error {
+	s.cancel()
+	<-s.done
+	return nil
+}
+
+func (s *Source) poll(ctx context.Context) {
+	defer close(s.done)
+	t := time.NewTicker(s.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		data, err := os.ReadFile(s.path)
+		if err != nil {
+			s.ambient(fmt.Errorf("%w: %w", discovery.ErrUnavailable, err))
+			continue
+		}
+		s.mu.Lock()
+		same := bytes.Equal(data, s.last)
+		s.mu.Unlock()
+		if same {
+			continue
+		}
+		if err := s.load(data); err != nil {
+			s.ambient(err)
+		}
+	}
+}
+
+func (s *Source) ambient(err error) {
+	s.mu.Lock()
+	repeated := s.lastErr != nil && s.lastErr.Error() == err.Error()
+	s.lastErr = err
+	s.mu.Unlock()
+	if !repeated {
+		s.log.Error("endpoints file rejected; keeping the last good endpoints", "err", err)
+	}
+	for _, svc := range s.Services() {
+		s.AmbientError(svc, err)
+	}
+}
+
+// load parses data and publishes what changed.
+func (s *Source) load(data []byte) error {
+	parsed, err := Parse(s.path, data)
+	if err != nil {
+		s.mu.Lock()
+		s.last = append(s.last[:0:0], data...)
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.Lock()
+	s.last = append(s.last[:0:0], data...)
+	s.lastErr = nil
+	s.version++
+	ver := s.version
+	var publish []*discovery.Snapshot
+	var gone []string
+	for svc, eps := range parsed {
+		snap, err := discovery.NewSnapshot(svc, ver, eps)
+		if err != nil { // Parse already validated; keep the guard honest
+			s.mu.Unlock()
+			return fmt.Errorf("%w: %s: %v", ErrParse, s.path, err)
+		}
+		if old := s.current[svc]; old != nil && old.Equal(snap) {
+			continue
+		}
+		s.current[svc] = snap
+		publish = append(publish, snap)
+	}
+	for svc := range s.current {
+		if _, ok := parsed[svc]; !ok {
+			delete(s.current, svc)
+			gone = append(gone, svc)
+		}
+	}
+	s.mu.Unlock()
+	for _, snap := range publish {
+		s.Publish(snap)
+	}
+	for _, svc := range gone {
+		s.ResourceError(svc, fmt.Errorf("%w: service %q is no longer in %s", discovery.ErrNotFound, svc, s.path))
+	}
+	if len(publish) > 0 || len(gone) > 0 {
+		s.log.Info("endpoints file loaded", "version", ver, "changed", len(publish), "removed", len(gone))
+	}
+	return nil
+}
+
+// Watch implements discovery.Source. A service that the file does not name
+// gets a resource error at once.
+func (s *Source) Watch(service string, w discovery.Watcher) func() {
+	cancel := s.Fanout.Watch(service, w)
+	s.mu.Lock()
+	_, ok := s.current[service]
+	s.mu.Unlock()
+	if !ok && s.Fanout.Last(service) == nil {
+		w.OnResourceError(fmt.Errorf("%w: service %q is not in %s", discovery.ErrNotFound, service, s.path))
+	}
+	return cancel
+}

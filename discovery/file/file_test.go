@@ -1,0 +1,200 @@
+package file
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/sidemesh/sidemesh/discovery"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name, doc, err string
+		want           map[string][]discovery.Endpoint
+	}{
+		{name: "ok", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 1}\n    - {address: 127.0.0.1:7002, weight: 3}\n",
+			want: map[string][]discovery.Endpoint{"api": {{Address: "127.0.0.1:7001", Weight: 1}, {Address: "127.0.0.1:7002", Weight: 3}}}},
+		{name: "default weight", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001}\n",
+			want: map[string][]discovery.Endpoint{"api": {{Address: "127.0.0.1:7001", Weight: 1}}}},
+		{name: "zero weight", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 0}\n",
+			err: "ep.yaml:3: services.api[0] (127.0.0.1:7001): weight 0 must be an integer in 1..16777216"},
+		{name: "negative weight", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: -2}\n",
+			err: "services.api[0] (127.0.0.1:7001): weight -2 must be"},
+		{name: "fractional weight", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 1.5}\n",
+			err: `ep.yaml:3: services.api[0]: weight "1.5" must be an integer >= 1`},
+		{name: "bad address", doc: "services:\n  api:\n    - {address: localhost, weight: 1}\n",
+			err: `ep.yaml:3: services.api[0]: address "localhost" is not host:port`},
+		{name: "unknown key", doc: "services:\n  api:\n    - {adress: 127.0.0.1:1}\n",
+			err: `ep.yaml:3: services.api[0]: unknown key "adress"`},
+		{name: "duplicate", doc: "services:\n  api:\n    - {address: 127.0.0.1:1}\n    - {address: 127.0.0.1:1}\n",
+			err: "services.api[1]: address 127.0.0.1:1 repeats services.api[0]"},
+		{name: "syntax", doc: "services:\n  api: [\n", err: "ep.yaml: yaml: line"},
+		{name: "no services", doc: "foo: 1\n", err: `ep.yaml:1: unknown key "foo"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Parse("ep.yaml", []byte(tc.doc))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrParse) {
+					t.Fatalf("err = %v, want containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for svc, eps := range tc.want {
+				if len(got[svc]) != len(eps) {
+					t.Fatalf("%s: got %v want %v", svc, got[svc], eps)
+				}
+				for i := range eps {
+					if got[svc][i].Address != eps[i].Address || got[svc][i].Weight != eps[i].Weight {
+						t.Fatalf("%s[%d]: got %v want %v", svc, i, got[svc][i], eps[i])
+					}
+				}
+			}
+		})
+	}
+}
+
+// recorder is a Watcher that keeps what it was told.
+type recorder struct {
+	mu       sync.Mutex
+	last     *discovery.Snapshot
+	updates  int
+	ambient  []error
+	resource []error
+	ch       chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{ch: make(chan struct{}, 100)} }
+
+func (r *recorder) OnUpdate(s *discovery.Snapshot) {
+	r.mu.Lock()
+	r.last, r.updates = s, r.updates+1
+	r.mu.Unlock()
+	r.ch <- struct{}{}
+}
+func (r *recorder) OnResourceError(err error) {
+	r.mu.Lock()
+	r.resource = append(r.resource, err)
+	r.last = nil
+	r.mu.Unlock()
+	r.ch <- struct{}{}
+}
+func (r *recorder) OnAmbientError(err error) {
+	r.mu.Lock()
+	r.ambient = append(r.ambient, err)
+	r.mu.Unlock()
+	select {
+	case r.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) wait(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		r.mu.Lock()
+		ok := cond()
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-r.ch:
+		case <-deadline:
+			t.Fatal("condition not reached within 5s")
+		}
+	}
+}
+
+func write(t *testing.T, path, s string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWatchFollowsEdits(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ep.yaml")
+	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 1}\n  web:\n    - {address: 127.0.0.1:8001}\n")
+	src, err := New(path, Options{PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	r := newRecorder()
+	cancel := src.Watch("api", r)
+	defer cancel()
+	r.wait(t, func() bool { return r.last != nil && len(r.last.Endpoints) == 1 })
+	v1 := r.last.Version
+
+	// A weight change arrives as a new version.
+	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 5}\n  web:\n    - {address: 127.0.0.1:8001}\n")
+	r.wait(t, func() bool { return r.last != nil && r.last.Endpoints[0].Weight == 5 })
+	if r.last.Version <= v1 {
+		t.Fatalf("version did not increase: %d then %d", v1, r.last.Version)
+	}
+
+	// A broken file keeps the last good endpoints and reports an ambient error with the line.
+	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 0}\n")
+	r.wait(t, func() bool { return len(r.ambient) > 0 })
+	r.mu.Lock()
+	if r.last == nil || r.last.Endpoints[0].Weight != 5 {
+		t.Fatalf("last good endpoints lost: %+v", r.last)
+	}
+	if msg := r.ambient[0].Error(); !strings.Contains(msg, "ep.yaml:3") || !strings.Contains(msg, "weight 0") {
+		t.Fatalf("ambient error does not name file, line and weight: %v", msg)
+	}
+	r.mu.Unlock()
+	if src.Err() == nil {
+		t.Fatal("Err() should report the parse error")
+	}
+
+	// Fixed again, and a service removed: resource error for it.
+	write(t, path, "services:\n  web:\n    - {address: 127.0.0.1:8001}\n")
+	r.wait(t, func() bool { return len(r.resource) > 0 })
+	if src.Err() != nil {
+		t.Fatalf("Err() = %v after a good file", src.Err())
+	}
+}
+
+func TestUnknownServiceIsResourceError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ep.yaml")
+	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001}\n")
+	src, err := New(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	r := newRecorder()
+	defer src.Watch("nope", r)()
+	r.wait(t, func() bool { return len(r.resource) == 1 && errors.Is(r.resource[0], discovery.ErrNotFound) })
+}
+
+func TestNewFailsOnBadFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ep.yaml")
+	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: x}\n")
+	if _, err := New(path, Options{}); err == nil || !strings.Contains(err.Error(), "services.api[0]") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := New(filepath.Join(t.TempDir(), "missing.yaml"), Options{}); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}

@@ -1,0 +1,247 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// modulePath is the module whose root RepoRoot looks for.
+const modulePath = "github.com/sidemesh/sidemesh"
+
+// RepoRoot returns the directory holding the sidemesh go.mod, found by
+// walking up from the working directory (a test runs in its package's
+// directory).
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module "+modulePath+"\n")) {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatalf("testenv: no go.mod of module %s above the working directory", modulePath)
+		}
+		dir = parent
+	}
+}
+
+// Tool returns the path of a tool binary: $envVar when set, else
+// bin/tools/<name> under the module root. A missing binary skips the test
+// (or fails it when SIDEMESH_REQUIRE_TOOLS=1).
+func Tool(t testing.TB, name, envVar string) string {
+	t.Helper()
+	path := os.Getenv(envVar)
+	if path == "" {
+		path = filepath.Join(RepoRoot(t), "bin", "tools", name)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+		msg := fmt.Sprintf("testenv: %s binary not found at %s (run `make tools`, or set %s)", name, path, envVar)
+		if os.Getenv("SIDEMESH_REQUIRE_TOOLS") == "1" {
+			t.Fatal(msg + "; SIDEMESH_REQUIRE_TOOLS=1 makes this a failure")
+		}
+		t.Skip(msg)
+	}
+	return path
+}
+
+// FreePorts returns n distinct TCP ports on 127.0.0.1 chosen by the kernel.
+// The listeners are held until all n are chosen, then closed, so the ports
+// are free (but not reserved) when it returns.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("testenv: free port: %v", err)
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// Eventually polls cond every 20ms until it returns nil, and fails the test
+// with what and cond's last error when timeout passes first.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	if err := Poll(timeout, cond); err != nil {
+		t.Fatalf("testenv: %s: not within %v: %v", what, timeout, err)
+	}
+}
+
+// Poll calls cond every 20ms until it returns nil (then Poll returns nil) or
+// timeout passes (then Poll returns cond's last error).
+func Poll(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Process is a child process whose output goes to a log file in a test
+// temp directory; the log's tail is printed if the test fails. It is killed
+// when the test ends.
+type Process struct {
+	t    testing.TB
+	name string
+	path string
+	args []string
+	log  string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// StartProcess starts path with args. name labels the log.
+func StartProcess(t testing.TB, name, path string, args ...string) *Process {
+	t.Helper()
+	p := &Process{t: t, name: name, path: path, args: args, log: filepath.Join(t.TempDir(), name+".log")}
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			p.dumpLog()
+		}
+	})
+	if err := p.Start(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return p
+}
+
+// LogPath is the file the process writes its output to (appended across restarts).
+func (p *Process) LogPath() string { return p.log }
+
+// Start starts the process again after Stop. It is an error to start a
+// running process.
+func (p *Process) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		return fmt.Errorf("%s is already running", p.name)
+	}
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.path, p.args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	setDeathSignal(cmd)
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start %s: %w", p.name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(done)
+	}()
+	p.cmd, p.done = cmd, done
+	return nil
+}
+
+// Stop kills the process (SIGKILL: a crash, as an outage test wants) and
+// waits for it to exit. Stopping a stopped process does nothing.
+func (p *Process) Stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	p.cmd, p.done = nil, nil
+}
+
+// Exited reports whether the process has exited on its own.
+func (p *Process) Exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// exitedCtx returns a context cancelled when the running process exits, so
+// a wait can give up early.
+func (p *Process) exitedCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done == nil {
+		cancel()
+		return ctx, cancel
+	}
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// errExited is what WaitReady reports when the process died while waited on.
+var errExited = errors.New("process exited")
+
+// WaitReady polls ready until it returns nil, the process exits, or timeout
+// passes; the test fails in the latter two cases (and the log is printed
+// when the test ends).
+func (p *Process) WaitReady(timeout time.Duration, ready func() error) {
+	p.t.Helper()
+	ctx, cancel := p.exitedCtx()
+	defer cancel()
+	err := Poll(timeout, func() error {
+		if ctx.Err() != nil {
+			return errExited
+		}
+		return ready()
+	})
+	if err != nil {
+		p.t.Fatalf("testenv: %s not ready within %v: %v", p.name, timeout, err)
+	}
+}
+
+func (p *Process) dumpLog() {
+	data, err := os.ReadFile(p.log)
+	if err != nil {
+		p.t.Logf("testenv: %s log: %v", p.name, err)
+		return
+	}
+	const tail = 8 << 10
+	if len(data) > tail {
+		data = data[len(data)-tail:]
+	}
+	p.t.Logf("testenv: %s log (%s, last %d bytes):\n%s", p.name, p.log, len(data), data)
+}

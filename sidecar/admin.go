@@ -1,0 +1,75 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"gopkg.in/yaml.v3"
+)
+
+// adminHandler serves the contract's admin endpoints.
+func (s *Sidecar) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		ok, why := s.Ready()
+		w.Header().Set("Content-Type", "text/plain")
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write([]byte(why + "\n"))
+	})
+	mux.HandleFunc("GET /clusters", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{"clusters": s.Clusters()})
+	})
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
+		dump, err := s.ConfigDump()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, dump)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("OK\n"))
+		s.requestQuit()
+	})
+	mux.HandleFunc("POST /drain_listeners", func(w http.ResponseWriter, r *http.Request) {
+		s.draining.Store(true)
+		_, _ = w.Write([]byte("OK\n"))
+	})
+	return mux
+}
+
+func (s *Sidecar) requestQuit() {
+	select {
+	case <-s.quit:
+	default:
+		close(s.quit)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// ConfigDump is the effective config (defaults filled) as JSON-friendly
+// values, with durations as strings ("5s"), plus dynamic state from extras.
+func (s *Sidecar) ConfigDump() (map[string]any, error) {
+	y, err := yaml.Marshal(s.cfg)
+	if err != nil {
+		return nil, err
+	}
+	var v map[string]any
+	if err := yaml.Unmarshal(y, &v); err != nil {
+		return nil, err
+	}
+	out := map[string]any{"config": v, "version": Version}
+	s.extraDump(out)
+	return out, nil
+}

@@ -1,0 +1,582 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
+	"github.com/sidemesh/sidemesh/sidecar/health"
+	"github.com/sidemesh/sidemesh/sidecar/outlier"
+	"github.com/sidemesh/sidemesh/tracing"
+	"github.com/sidemesh/sidemesh/xds"
+)
+
+// Errors the request path answers with (mapped to HTTP in one place: errors.go).
+var (
+	ErrNoHealthyUpstream = errors.New("sidecar: no healthy upstream")
+	ErrUnknownUpstream   = errors.New("sidecar: unknown upstream")
+)
+
+// Host is one endpoint of a cluster with everything the sidecar knows about
+// it. Hosts are keyed by address and survive discovery updates, so counters,
+// ejections and health-check state carry over.
+type Host struct {
+	Addr string
+
+	weight  atomic.Uint32 // discovery weight
+	dhealth atomic.Uint32 // discovery.Health
+
+	Active   atomic.Int64 // requests outstanding
+	CxActive atomic.Int64 // upstream connections open
+	RqTotal  atomic.Uint64
+	RqError  atomic.Uint64 // 5xx, resets, connect failures, timeouts
+
+	od atomic.Pointer[outlier.Host]
+	m  *hostMetrics
+
+	// guarded by Cluster.mu
+	inSnapshot    bool
+	eligible      bool
+	eligibleSince time.Time
+}
+
+// outlier is the host's outlier-detection state (nil when detection is off).
+func (h *Host) outlier() *outlier.Host { return h.od.Load() }
+
+// Weight is the discovery weight.
+func (h *Host) Weight() uint32 { return h.weight.Load() }
+
+// pickState is what the request path sees: immutable once stored.
+type pickState struct {
+	picker balancer.Picker
+	hosts  []*Host
+	panic  bool
+	total  int // hosts in the snapshot
+}
+
+// Cluster is one upstream service: its hosts, its picker and the
+// resilience machinery around them.
+type Cluster struct {
+	Name string
+	cfg  *Upstream
+	log  *slog.Logger
+	m    *Metrics
+
+	state   atomic.Pointer[pickState]
+	br      atomic.Pointer[breaker.Breaker]
+	connTO  atomic.Int64 // connect_timeout, ns
+	policy  atomic.Pointer[string]
+	tp      *tracing.Provider
+	inbound bool
+
+	// guarded by mu (swapped when xDS cluster settings arrive)
+	od       *outlier.Detector
+	odCancel context.CancelFunc
+	hc       *health.Checker
+	lbPolicy string
+	lbConfig balancer.Config
+	panicPct float64
+	lastCDS  *xds.ClusterSettings
+
+	mu           sync.Mutex
+	hosts        map[string]*Host
+	snap         *discovery.Snapshot
+	resourceErr  error
+	ambientErr   error
+	ambientSince time.Time
+	lastFresh    time.Time
+	updates      uint64
+	haveFirst    bool
+	ready        chan struct{}
+	slowTimer    *time.Timer
+	closed       bool
+	cancelWatch  func()
+	bgCtx        context.Context
+	bgCancel     context.CancelFunc
+	bgWG         sync.WaitGroup
+}
+
+// newCluster builds a cluster; start begins watching and background work.
+func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
+	c := &Cluster{
+		Name:     u.Service,
+		cfg:      u,
+		log:      log.With("upstream", u.Service),
+		m:        m,
+		tp:       tp,
+		inbound:  u.noOutlier,
+		hosts:    map[string]*Host{},
+		ready:    make(chan struct{}),
+		lbPolicy: u.LBPolicy,
+		lbConfig: u.LB,
+		panicPct: *u.HealthyPanicThreshold,
+	}
+	c.br.Store(breaker.New(*u.CircuitBreakers))
+	c.connTO.Store(int64(u.ConnectTimeout))
+	pol := u.LBPolicy
+	c.policy.Store(&pol)
+	if !u.noOutlier {
+		c.od = c.newDetector(*u.OutlierDetection)
+	}
+	if u.HealthCheck != nil {
+		c.hc = c.newChecker(*u.HealthCheck)
+	}
+	c.state.Store(&pickState{})
+	return c
+}
+
+func (c *Cluster) newDetector(cfg outlier.Config) *outlier.Detector {
+	return outlier.New(cfg, outlier.Options{Logger: c.log, OnChange: c.rebuild})
+}
+
+func (c *Cluster) newChecker(cfg health.Config) *health.Checker {
+	return health.New(cfg, health.Options{
+		Logger:      c.log,
+		ServiceName: c.Name,
+		OnChange:    c.rebuild,
+		OnSuccess: func(addr string) {
+			c.mu.Lock()
+			od := c.od
+			c.mu.Unlock()
+			if od != nil {
+				od.Uneject(addr) // a no-op unless successful_active_health_check_uneject_host
+			}
+		},
+	})
+}
+
+// breaker is the circuit breaker in force; a request keeps the one it
+// started with.
+func (c *Cluster) breaker() *breaker.Breaker { return c.br.Load() }
+
+func (c *Cluster) connectTimeout() time.Duration { return time.Duration(c.connTO.Load()) }
+
+func (c *Cluster) policyName() string { return *c.policy.Load() }
+
+// runDetector starts the detector's interval loop; the caller holds mu.
+func (c *Cluster) runDetectorLocked() {
+	if c.od == nil || c.bgCtx == nil {
+		return
+	}
+	if c.odCancel != nil {
+		c.odCancel()
+	}
+	ctx, cancel := context.WithCancel(c.bgCtx)
+	c.odCancel = cancel
+	od := c.od
+	c.bgWG.Add(1)
+	go func() {
+		defer c.bgWG.Done()
+		od.Run(ctx)
+	}()
+}
+
+func (c *Cluster) start(src discovery.Source) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.mu.Lock()
+	c.bgCtx, c.bgCancel = ctx, cancel
+	c.runDetectorLocked()
+	c.mu.Unlock()
+	if src != nil {
+		c.cancelWatch = src.Watch(c.Name, discovery.WatcherFuncs{
+			Update:        c.onUpdate,
+			ResourceError: c.onResourceError,
+			AmbientError:  c.onAmbientError,
+		})
+	}
+}
+
+func (c *Cluster) close() {
+	c.mu.Lock()
+	c.closed = true
+	if c.slowTimer != nil {
+		c.slowTimer.Stop()
+	}
+	c.mu.Unlock()
+	if c.cancelWatch != nil {
+		c.cancelWatch()
+	}
+	if c.bgCancel != nil {
+		c.bgCancel()
+		c.bgWG.Wait()
+	}
+	c.mu.Lock()
+	hc := c.hc
+	c.mu.Unlock()
+	if hc != nil {
+		hc.Close()
+	}
+}
+
+// Ready is closed once the first snapshot (or a definite resource error)
+// has arrived.
+func (c *Cluster) Ready() <-chan struct{} { return c.ready }
+
+func (c *Cluster) markReady() {
+	if !c.haveFirst {
+		c.haveFirst = true
+		close(c.ready)
+	}
+}
+
+func (c *Cluster) onUpdate(s *discovery.Snapshot) {
+	c.mu.Lock()
+	c.lastFresh = time.Now()
+	c.ambientErr = nil
+	c.resourceErr = nil
+	if c.snap != nil && c.snap.Version == s.Version && c.snap.Service == s.Service {
+		c.mu.Unlock()
+		return // a confirmation: data still fresh
+	}
+	first := c.snap == nil && !c.haveFirst
+	c.snap = s
+	c.updates++
+	now := time.Now()
+	seen := make(map[string]bool, len(s.Endpoints))
+	addrs := make([]string, 0, len(s.Endpoints))
+	for _, ep := range s.Endpoints {
+		seen[ep.Address] = true
+		addrs = append(addrs, ep.Address)
+		h, ok := c.hosts[ep.Address]
+		if !ok {
+			h = &Host{Addr: ep.Address, m: c.m.host(c.Name, ep.Address)}
+			c.hosts[ep.Address] = h
+			if first {
+				h.eligibleSince = time.Time{} // initial hosts take full weight at once (Envoy)
+			} else {
+				h.eligibleSince = now
+			}
+		}
+		h.inSnapshot = true
+		h.weight.Store(ep.Weight)
+		h.dhealth.Store(uint32(ep.Health))
+	}
+	for addr, h := range c.hosts {
+		if !seen[addr] {
+			h.inSnapshot = false
+			delete(c.hosts, addr)
+			c.m.dropHost(c.Name, addr)
+		}
+	}
+	c.bindDetectorLocked(addrs)
+	if c.hc != nil {
+		c.hc.SetHosts(addrs)
+	}
+	c.markReady()
+	c.mu.Unlock()
+	c.m.discoveryUpdates.WithLabelValues(c.Name).Inc()
+	c.log.Info("endpoints updated", "version", s.Version, "endpoints", len(s.Endpoints))
+	c.rebuild()
+}
+
+func (c *Cluster) onResourceError(err error) {
+	c.mu.Lock()
+	c.resourceErr = err
+	c.snap = nil
+	for addr := range c.hosts {
+		delete(c.hosts, addr)
+		c.m.dropHost(c.Name, addr)
+	}
+	c.bindDetectorLocked(nil)
+	if c.hc != nil {
+		c.hc.SetHosts(nil)
+	}
+	c.markReady()
+	c.mu.Unlock()
+	c.m.discoveryErrors.WithLabelValues(c.Name, "resource").Inc()
+	c.log.Warn("upstream endpoints dropped", "err", err)
+	c.rebuild()
+}
+
+func (c *Cluster) onAmbientError(err error) {
+	c.mu.Lock()
+	if c.ambientErr == nil {
+		c.ambientSince = time.Now()
+	}
+	c.ambientErr = err
+	c.mu.Unlock()
+	c.m.discoveryErrors.WithLabelValues(c.Name, "ambient").Inc()
+	c.log.Warn("discovery trouble; keeping the last endpoints", "err", err)
+}
+
+// rebuild recomputes the eligible set and swaps in a new picker. It is
+// called on every discovery update, ejection change, health change and
+// slow-start tick; never on the request path.
+func (c *Cluster) rebuild() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed && c.hosts == nil {
+		return
+	}
+	now := time.Now()
+	all := make([]*Host, 0, len(c.hosts))
+	var eligible []*Host
+	for _, h := range c.hosts {
+		all = append(all, h)
+		ok := c.hostEligible(h)
+		if ok && !h.eligible && c.cfg.SlowStart != nil && !h.eligibleSince.IsZero() {
+			// returning from ejection or failed checks: ramp up again
+			h.eligibleSince = now
+		}
+		if ok && !h.eligible && h.eligibleSince.IsZero() && c.haveFirstPick() && c.cfg.SlowStart != nil {
+			h.eligibleSince = now
+		}
+		h.eligible = ok
+		if ok {
+			eligible = append(eligible, h)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Addr < all[j].Addr })
+	sort.Slice(eligible, func(i, j int) bool { return eligible[i].Addr < eligible[j].Addr })
+	st := &pickState{total: len(all)}
+	use := eligible
+	if len(all) > 0 {
+		pct := 100 * float64(len(eligible)) / float64(len(all))
+		if pct < c.panicPct {
+			use, st.panic = all, true
+		}
+	}
+	if st.panic {
+		c.m.panic.WithLabelValues(c.Name).Set(1)
+	} else {
+		c.m.panic.WithLabelValues(c.Name).Set(0)
+	}
+	eps := make([]balancer.Endpoint, len(use))
+	ramping := false
+	scale := uint32(1)
+	if c.cfg.SlowStart != nil {
+		for _, h := range use {
+			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.cfg.SlowStart.Window {
+				ramping = true
+			}
+		}
+		if ramping {
+			scale = 100 // resolution for fractional slow-start weights
+		}
+	}
+	for i, h := range use {
+		w := h.weight.Load() * scale
+		if ramping && !h.eligibleSince.IsZero() {
+			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.cfg.SlowStart)
+		}
+		eps[i] = balancer.Endpoint{Address: h.Addr, Weight: w, Active: &h.Active}
+	}
+	p, err := balancer.New(c.lbPolicy, c.lbConfig, eps, rand.Uint64())
+	if err != nil {
+		c.log.Error("cannot build picker; keeping the previous one", "err", err)
+		return
+	}
+	st.picker, st.hosts = p, use
+	c.state.Store(st)
+	if ramping && !c.closed {
+		step := c.cfg.SlowStart.Window / 20
+		if step < 50*time.Millisecond {
+			step = 50 * time.Millisecond
+		}
+		if c.slowTimer == nil {
+			c.slowTimer = time.AfterFunc(step, c.rebuild)
+		} else {
+			c.slowTimer.Reset(step)
+		}
+	}
+}
+
+func (c *Cluster) haveFirstPick() bool { return c.haveFirst }
+
+// slowStartWeight is Envoy's slow start: weight · max(min_weight_percent,
+// (t/window)^(1/aggression)).
+func slowStartWeight(w uint32, age time.Duration, s *SlowStartConfig) uint32 {
+	if age >= s.Window {
+		return w
+	}
+	f := math.Pow(float64(age)/float64(s.Window), 1/s.Aggression)
+	if min := s.MinWeightPercent / 100; f < min {
+		f = min
+	}
+	nw := uint32(math.Round(float64(w) * f))
+	if nw < 1 {
+		nw = 1
+	}
+	return nw
+}
+
+// hostEligible: known healthy to its source, not ejected, passing checks.
+func (c *Cluster) hostEligible(h *Host) bool {
+	switch discovery.Health(h.dhealth.Load()) {
+	case discovery.Unhealthy, discovery.Draining:
+		return false
+	}
+	if od := h.outlier(); od != nil && od.Ejected() {
+		return false
+	}
+	if c.hc != nil && !c.hc.Healthy(h.Addr) {
+		return false
+	}
+	return true
+}
+
+// pick chooses a host, avoiding `avoid` (the previous attempt's host) when
+// another one exists, and says whether the cluster is in panic mode.
+// Lock-free: one atomic load and the picker.
+func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (*Host, bool, error) {
+	st := c.state.Load()
+	n := len(st.hosts)
+	if n == 0 {
+		return nil, false, ErrNoHealthyUpstream
+	}
+	i := st.picker.Pick(info)
+	if i < 0 {
+		return nil, false, ErrNoHealthyUpstream
+	}
+	if avoid != nil && n > 1 && st.hosts[i] == avoid {
+		for k := 0; k < 3 && st.hosts[i] == avoid; k++ {
+			i = st.picker.Pick(info)
+		}
+		if st.hosts[i] == avoid {
+			i = (i + 1) % n
+		}
+	}
+	return st.hosts[i], st.panic, nil
+}
+
+// host returns the host for addr (dials are rare; a map lookup under the lock is fine).
+func (c *Cluster) host(addr string) *Host {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hosts[addr]
+}
+
+// ClusterStatus is the /clusters view of one cluster.
+type ClusterStatus struct {
+	Name           string           `json:"name"`
+	Listen         string           `json:"listen,omitempty"`
+	Protocol       string           `json:"protocol"`
+	LBPolicy       string           `json:"lb_policy"`
+	Version        uint64           `json:"version"`
+	Ready          bool             `json:"ready"`
+	Panic          bool             `json:"panic_mode"`
+	HealthyHosts   int              `json:"healthy_hosts"`
+	TotalHosts     int              `json:"total_hosts"`
+	LastUpdate     *time.Time       `json:"last_update,omitempty"`
+	StaleSeconds   float64          `json:"stale_seconds"`
+	DiscoveryError string           `json:"discovery_error,omitempty"`
+	ResourceError  string           `json:"resource_error,omitempty"`
+	Breaker        any              `json:"circuit_breakers"`
+	Endpoints      []EndpointStatus `json:"endpoints"`
+}
+
+// EndpointStatus is the /clusters view of one endpoint.
+type EndpointStatus struct {
+	Address         string `json:"address"`
+	Weight          uint32 `json:"weight"`
+	EffectiveWeight uint32 `json:"effective_weight"`
+	Health          string `json:"health"`
+	RqTotal         uint64 `json:"rq_total"`
+	RqError         uint64 `json:"rq_error"`
+	RqActive        int64  `json:"rq_active"`
+	CxActive        int64  `json:"cx_active"`
+	EjectionsTotal  uint64 `json:"ejections_total"`
+	HealthCheck     any    `json:"health_check,omitempty"`
+}
+
+// Status reports the cluster for /clusters.
+func (c *Cluster) Status() ClusterStatus {
+	st := c.state.Load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cs := ClusterStatus{
+		Name: c.Name, Listen: c.cfg.Listen, Protocol: c.cfg.Protocol, LBPolicy: c.lbPolicy,
+		Ready: c.haveFirst, Panic: st.panic, TotalHosts: len(c.hosts),
+		Breaker: c.breaker().Stats(),
+	}
+	if c.snap != nil {
+		cs.Version = c.snap.Version
+	}
+	if !c.lastFresh.IsZero() {
+		t := c.lastFresh
+		cs.LastUpdate = &t
+	}
+	if c.ambientErr != nil {
+		cs.DiscoveryError = c.ambientErr.Error()
+		cs.StaleSeconds = time.Since(c.ambientSince).Seconds()
+	}
+	if c.resourceErr != nil {
+		cs.ResourceError = c.resourceErr.Error()
+	}
+	eff := map[*Host]uint32{}
+	if st.picker != nil {
+		for _, h := range st.hosts {
+			eff[h] = h.weight.Load()
+		}
+	}
+	addrs := make([]string, 0, len(c.hosts))
+	for a := range c.hosts {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	for _, a := range addrs {
+		h := c.hosts[a]
+		es := EndpointStatus{
+			Address: a, Weight: h.weight.Load(), EffectiveWeight: eff[h],
+			RqTotal: h.RqTotal.Load(), RqError: h.RqError.Load(),
+			RqActive: h.Active.Load(), CxActive: h.CxActive.Load(),
+		}
+		switch {
+		case discovery.Health(h.dhealth.Load()) == discovery.Draining:
+			es.Health = "draining"
+		case h.outlier() != nil && h.outlier().Ejected():
+			es.Health = "ejected"
+		case c.hc != nil && !c.hc.Healthy(a):
+			es.Health = "failed_health_check"
+		case discovery.Health(h.dhealth.Load()) == discovery.Unhealthy:
+			es.Health = "unhealthy"
+		default:
+			es.Health = "healthy"
+			cs.HealthyHosts++
+		}
+		if od := h.outlier(); od != nil {
+			es.EjectionsTotal = od.Ejections()
+		}
+		if c.hc != nil {
+			if hs, ok := c.hc.Status(a); ok {
+				es.HealthCheck = hs
+			}
+		}
+		cs.Endpoints = append(cs.Endpoints, es)
+	}
+	return cs
+}
+
+func (c *Cluster) String() string { return fmt.Sprintf("cluster %s", c.Name) }
+
+// bindDetectorLocked tells the detector the host set and points every host
+// at its detector state.
+func (c *Cluster) bindDetectorLocked(addrs []string) {
+	if c.od == nil {
+		for _, h := range c.hosts {
+			h.od.Store(nil)
+		}
+		return
+	}
+	c.od.SetHosts(addrs)
+	for _, h := range c.hosts {
+		h.od.Store(c.od.Host(h.Addr))
+	}
+}
+
+// detector returns the outlier detector in force (nil when off).
+func (c *Cluster) detector() *outlier.Detector {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.od
+}

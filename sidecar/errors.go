@@ -1,0 +1,136 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
+)
+
+// failKind classifies why an attempt produced no response.
+type failKind uint8
+
+const (
+	failNone failKind = iota
+	failConnect
+	failReset
+	failRefusedStream
+	failTimeout   // per-try or overall timeout
+	failOverflow  // circuit breaker
+	failNoHealthy // no eligible endpoint
+	failCanceled  // the client went away
+)
+
+// upstreamError is what the cluster transport returns when it has no
+// response to give; writeLocalReply maps it to the contract's answers.
+type upstreamError struct {
+	kind failKind
+	host string
+	err  error
+}
+
+func (e *upstreamError) Error() string {
+	if e.host != "" {
+		return fmt.Sprintf("%s: %s: %v", e.kind, e.host, e.err)
+	}
+	return fmt.Sprintf("%s: %v", e.kind, e.err)
+}
+
+func (e *upstreamError) Unwrap() error { return e.err }
+
+func (k failKind) String() string {
+	switch k {
+	case failConnect:
+		return "connection failure"
+	case failReset:
+		return "connection reset"
+	case failRefusedStream:
+		return "refused stream"
+	case failTimeout:
+		return "timeout"
+	case failOverflow:
+		return "overflow"
+	case failNoHealthy:
+		return "no healthy upstream"
+	case failCanceled:
+		return "downstream canceled"
+	}
+	return "ok"
+}
+
+// classify turns a transport error into a failKind.
+func classify(err error, ctx context.Context) failKind {
+	if errors.Is(err, breaker.ErrOverflow) {
+		return failOverflow
+	}
+	if ctx.Err() == context.Canceled {
+		return failCanceled
+	}
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded {
+		return failTimeout
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return failConnect
+	}
+	if strings.Contains(err.Error(), "REFUSED_STREAM") {
+		return failRefusedStream
+	}
+	return failReset
+}
+
+// writeLocalReply is the one place that maps sidecar errors to HTTP answers
+// (DESIGN.md "Responses the sidecar itself makes").
+func writeLocalReply(w http.ResponseWriter, r *http.Request, err error) {
+	code, body := localReply(err)
+	if code == 0 {
+		return // client gone: nobody to answer
+	}
+	h := w.Header()
+	if errors.Is(err, breaker.ErrOverflow) {
+		h.Set("x-sidemesh-overloaded", "true")
+	}
+	h.Set("Content-Type", "text/plain")
+	h.Set("x-sidemesh-local-reply", "true")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(body))
+}
+
+func localReply(err error) (int, string) {
+	var ue *upstreamError
+	if !errors.As(err, &ue) {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return http.StatusGatewayTimeout, "upstream request timeout"
+		}
+		if errors.Is(err, context.Canceled) {
+			return 0, ""
+		}
+		if errors.Is(err, ErrNoHealthyUpstream) {
+			return http.StatusServiceUnavailable, "no healthy upstream"
+		}
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: " + err.Error()
+	}
+	switch ue.kind {
+	case failNoHealthy:
+		return http.StatusServiceUnavailable, "no healthy upstream"
+	case failOverflow:
+		var ov breaker.Overflow
+		if errors.As(ue.err, &ov) {
+			return http.StatusServiceUnavailable, fmt.Sprintf("upstream overloaded: circuit breaker threshold %s (%d) overflowed", ov.Threshold, ov.Limit)
+		}
+		return http.StatusServiceUnavailable, "upstream overloaded: " + ue.err.Error()
+	case failTimeout:
+		return http.StatusGatewayTimeout, "upstream request timeout"
+	case failCanceled:
+		return 0, ""
+	case failConnect:
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+	case failRefusedStream:
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+	}
+	return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+}

@@ -1,0 +1,155 @@
+package sidecar
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidemesh/sidemesh/sidecar/outlier"
+)
+
+// Metrics is the sidecar's one metrics pipeline (prometheus/client_golang,
+// served on /metrics). Every name starts with sidemesh_. Per-endpoint
+// series are bound once per host so the request path does no label lookups.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	rq               *prometheus.CounterVec   // upstream, endpoint, class
+	rqDuration       *prometheus.HistogramVec // upstream
+	rqActive         *prometheus.GaugeVec     // upstream
+	cxActive         *prometheus.GaugeVec     // upstream
+	retries          *prometheus.CounterVec   // upstream
+	panic            *prometheus.GaugeVec     // upstream
+	discoveryUpdates *prometheus.CounterVec   // upstream
+	discoveryErrors  *prometheus.CounterVec   // upstream, kind
+	noHealthy        *prometheus.CounterVec   // upstream
+	inboundRq        *prometheus.CounterVec   // class
+	inboundDuration  prometheus.Histogram
+	tcpBytes         *prometheus.CounterVec // upstream, direction
+
+	mu    sync.Mutex
+	hosts map[[2]string]*hostMetrics
+}
+
+// hostMetrics are the per-endpoint series, bound once.
+type hostMetrics struct {
+	class [6]prometheus.Counter // index status/100 (0 = no response)
+}
+
+var classes = [6]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+func newMetrics() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{Registry: r, hosts: map[[2]string]*hostMetrics{}}
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	m.rq = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_upstream_rq_total",
+		Help: "Requests (attempts) sent to upstream endpoints, by response status class (error = no response)."},
+		[]string{"upstream", "endpoint", "class"})
+	m.rqDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sidemesh_upstream_rq_duration_seconds",
+		Help:    "Time from request to response headers, per upstream request (all attempts).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}},
+		[]string{"upstream"})
+	m.rqActive = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sidemesh_upstream_rq_active",
+		Help: "Requests in flight per upstream."}, []string{"upstream"})
+	m.cxActive = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sidemesh_upstream_cx_active",
+		Help: "Open connections per upstream (HTTP pools and TCP)."}, []string{"upstream"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_upstream_rq_retry_total",
+		Help: "Retries sent."}, []string{"upstream"})
+	m.panic = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sidemesh_upstream_panic_mode",
+		Help: "1 while the upstream balances across all endpoints because too few are healthy."}, []string{"upstream"})
+	m.discoveryUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_discovery_updates_total",
+		Help: "Endpoint snapshots applied."}, []string{"upstream"})
+	m.discoveryErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_discovery_errors_total",
+		Help: "Discovery errors: ambient (last endpoints kept) or resource (endpoints dropped)."}, []string{"upstream", "kind"})
+	m.noHealthy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_upstream_rq_no_healthy_total",
+		Help: "Requests answered 503 because no endpoint was eligible."}, []string{"upstream"})
+	m.inboundRq = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_inbound_rq_total",
+		Help: "Requests through the inbound listener to the local app, by status class."}, []string{"class"})
+	m.inboundDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sidemesh_inbound_rq_duration_seconds",
+		Help: "Inbound request time to response headers.", Buckets: prometheus.DefBuckets})
+	m.tcpBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_tcp_bytes_total",
+		Help: "Bytes relayed by TCP upstream listeners."}, []string{"upstream", "direction"})
+	for _, c := range []prometheus.Collector{m.rq, m.rqDuration, m.rqActive, m.cxActive, m.retries,
+		m.panic, m.discoveryUpdates, m.discoveryErrors, m.noHealthy, m.inboundRq, m.inboundDuration, m.tcpBytes} {
+		f(c)
+	}
+	return m
+}
+
+func (m *Metrics) host(upstream, addr string) *hostMetrics {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := [2]string{upstream, addr}
+	if h, ok := m.hosts[k]; ok {
+		return h
+	}
+	h := &hostMetrics{}
+	for i, cl := range classes {
+		h.class[i] = m.rq.WithLabelValues(upstream, addr, cl)
+	}
+	m.hosts[k] = h
+	return h
+}
+
+// dropHost removes a departed endpoint's series.
+func (m *Metrics) dropHost(upstream, addr string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.hosts, [2]string{upstream, addr})
+	for _, cl := range classes {
+		m.rq.DeleteLabelValues(upstream, addr, cl)
+	}
+}
+
+func statusClass(code int) int {
+	if code < 100 || code > 599 {
+		return 0
+	}
+	return code / 100
+}
+
+// stateCollector reads counters that live in the resilience packages
+// (breakers, outlier detectors) and in extras at scrape time, so the
+// request path never touches a second set of counters.
+type stateCollector struct {
+	s *Sidecar
+}
+
+var (
+	descEjections = prometheus.NewDesc("sidemesh_upstream_ejections_total",
+		"Outlier ejections enforced, by detector (Envoy's ejections_enforced_*).", []string{"upstream", "type"}, nil)
+	descEjectionsActive = prometheus.NewDesc("sidemesh_upstream_ejections_active",
+		"Endpoints ejected now.", []string{"upstream"}, nil)
+	descOverflow = prometheus.NewDesc("sidemesh_upstream_overflow_total",
+		"Requests refused by a circuit breaker, by the threshold that overflowed (for max_connections: dials that had to wait).",
+		[]string{"upstream", "threshold"}, nil)
+	descBreakerActive = prometheus.NewDesc("sidemesh_upstream_breaker_active",
+		"Current use of each circuit-breaker threshold.", []string{"upstream", "threshold"}, nil)
+	descBreakerOpen = prometheus.NewDesc("sidemesh_upstream_breaker_open",
+		"1 while a circuit-breaker threshold is reached.", []string{"upstream", "threshold"}, nil)
+)
+
+func (sc stateCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(sc, ch) }
+
+func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range sc.s.clusters {
+		for _, t := range c.breaker().Stats().All() {
+			th := string(t.Threshold)
+			ch <- prometheus.MustNewConstMetric(descOverflow, prometheus.CounterValue, float64(t.Overflows), c.Name, th)
+			ch <- prometheus.MustNewConstMetric(descBreakerActive, prometheus.GaugeValue, float64(t.Active), c.Name, th)
+			open := 0.0
+			if t.Open {
+				open = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBreakerOpen, prometheus.GaugeValue, open, c.Name, th)
+		}
+		if od := c.detector(); od != nil {
+			st := od.Stats()
+			for i, n := range st.EjectionsEnforced {
+				ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(n), c.Name, outlier.EjectionType(i).String())
+			}
+			ch <- prometheus.MustNewConstMetric(descEjectionsActive, prometheus.GaugeValue, float64(st.EjectionsActive), c.Name)
+		}
+	}
+	sc.s.collectExtras(ch)
+}

@@ -1,0 +1,337 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/discovery/consul"
+	"github.com/sidemesh/sidemesh/discovery/file"
+	"github.com/sidemesh/sidemesh/tracing"
+	"github.com/sidemesh/sidemesh/xds"
+)
+
+// Version is set at build time (-ldflags -X).
+var Version = "dev"
+
+// Options carry what the config file does not: logger and injected parts.
+type Options struct {
+	Logger *slog.Logger
+	// Source overrides the configured discovery source (tests, demo).
+	Source discovery.Source
+}
+
+// Sidecar is one running data plane.
+type Sidecar struct {
+	cfg      *Config
+	log      *slog.Logger
+	m        *Metrics
+	src      discovery.Source
+	ownSrc   bool
+	clusters []*Cluster
+	byName   map[string]*Cluster
+	inbound  *Cluster
+	tp       *tracing.Provider
+	consul   *consul.Source
+	reg      *consul.Registrar
+	regStop  context.CancelFunc
+	regDone  chan struct{}
+	xdsCli   *xds.Client
+	xdsSrv   *xds.Server
+	xdsLn    net.Listener
+
+	admin      *http.Server
+	adminLn    net.Listener
+	servers    []*http.Server
+	outbound   []namedListener
+	inboundLn  net.Listener
+	inboundSrv *http.Server
+	tcp        []*tcpProxy
+	bound      atomic.Bool
+	draining   atomic.Bool
+	wg         sync.WaitGroup
+	stopOnce   sync.Once
+	quit       chan struct{}
+	closers    []func()
+}
+
+type namedListener struct {
+	name string
+	ln   net.Listener
+}
+
+// New builds a sidecar from a validated config. Nothing is bound yet.
+func New(cfg *Config, opts Options) (*Sidecar, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Sidecar{cfg: cfg, log: log, m: newMetrics(), byName: map[string]*Cluster{}, quit: make(chan struct{})}
+	s.src = opts.Source
+	if s.src == nil {
+		src, err := s.newSource()
+		if err != nil {
+			return nil, err
+		}
+		s.src, s.ownSrc = src, true
+	}
+	if err := s.setupTracing(); err != nil {
+		return nil, err
+	}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		c := newCluster(u, s.m, s.tp, log.With("component", "cluster"))
+		s.clusters = append(s.clusters, c)
+		s.byName[u.Service] = c
+	}
+	s.m.Registry.MustRegister(stateCollector{s})
+	if sv := cfg.Service; sv != nil && sv.Inbound != "" {
+		s.inbound = newInboundCluster(sv, s.m, s.tp, log.With("component", "inbound"))
+	}
+	return s, nil
+}
+
+func (s *Sidecar) newSource() (discovery.Source, error) {
+	d := s.cfg.Discovery
+	switch {
+	case d.File != "":
+		return file.New(d.File, file.Options{Logger: s.log})
+	case d.Consul != nil:
+		src, err := consul.New(*d.Consul, consul.Options{Logger: s.log.With("component", "discovery.consul")})
+		if err != nil {
+			return nil, err
+		}
+		s.consul = src
+		return src, nil
+	case d.XDS != nil:
+		return s.newXDSSource()
+	}
+	return nil, nil
+}
+
+// newInboundCluster is a one-endpoint cluster for the local app.
+func newInboundCluster(sv *Service, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
+	u := &Upstream{Service: "inbound|" + sv.Name, Listen: sv.Inbound, Protocol: sv.Protocol, Timeout: &sv.Timeout}
+	u.SetDefaults()
+	zero := 0.0
+	u.HealthyPanicThreshold = &zero
+	u.noOutlier = true
+	c := newCluster(u, m, tp, log)
+	snap, _ := discovery.NewSnapshot(u.Service, 1, []discovery.Endpoint{{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(sv.Port)), Weight: 1}})
+	c.onUpdate(snap)
+	return c
+}
+
+// Start binds every listener (failing fast, before serving anything) and
+// starts serving and watching.
+func (s *Sidecar) Start() error {
+	var err error
+	s.adminLn, err = net.Listen("tcp", s.cfg.Admin)
+	if err != nil {
+		return fmt.Errorf("admin %s: %w", s.cfg.Admin, err)
+	}
+	for _, c := range s.clusters {
+		if c.cfg.Listen == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", c.cfg.Listen)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("upstream %s listen %s: %w", c.Name, c.cfg.Listen, err)
+		}
+		s.outbound = append(s.outbound, namedListener{c.Name, ln})
+	}
+	if s.inbound != nil {
+		s.inboundLn, err = net.Listen("tcp", s.inbound.cfg.Listen)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("service.inbound %s: %w", s.inbound.cfg.Listen, err)
+		}
+	}
+	if err := s.startExtras(); err != nil {
+		s.closeListeners()
+		return err
+	}
+	// Serve.
+	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.goServe(func() error { return s.admin.Serve(s.adminLn) })
+	s.watchClusterSettings()
+	for _, c := range s.clusters {
+		c.start(s.src)
+	}
+	for _, nl := range s.outbound {
+		c := s.byName[nl.name]
+		s.serveCluster(c, nl.ln)
+	}
+	if s.inbound != nil {
+		s.inbound.start(nil)
+		s.inboundSrv = s.serveCluster(s.inbound, s.inboundLn)
+	}
+	s.bound.Store(true)
+	s.log.Info("sidecar started", "admin", s.adminLn.Addr().String(), "upstreams", len(s.clusters))
+	return nil
+}
+
+func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *http.Server {
+	if c.cfg.Protocol == "tcp" {
+		p := newTCPProxy(c, s.log.With("upstream", c.Name))
+		s.tcp = append(s.tcp, p)
+		s.goServe(func() error { return p.serve(ln) })
+		return nil
+	}
+	srv := newHTTPServer(s.wrapHandler(c, newUpstreamHandler(c)))
+	s.servers = append(s.servers, srv)
+	s.goServe(func() error { return srv.Serve(ln) })
+	return srv
+}
+
+func (s *Sidecar) goServe(f func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("listener stopped", "err", err)
+		}
+	}()
+}
+
+func (s *Sidecar) closeListeners() {
+	if s.adminLn != nil {
+		s.adminLn.Close()
+	}
+	for _, nl := range s.outbound {
+		nl.ln.Close()
+	}
+	if s.inboundLn != nil {
+		s.inboundLn.Close()
+	}
+}
+
+// Ready reports what /ready reports.
+func (s *Sidecar) Ready() (bool, string) {
+	if s.draining.Load() {
+		return false, "draining"
+	}
+	if !s.bound.Load() {
+		return false, "listeners not bound"
+	}
+	for _, c := range s.clusters {
+		select {
+		case <-c.Ready():
+		default:
+			return false, "upstream " + c.Name + " has no endpoints snapshot yet"
+		}
+	}
+	return true, "ready"
+}
+
+// WaitReady blocks until ready or ctx ends.
+func (s *Sidecar) WaitReady(ctx context.Context) error {
+	for _, c := range s.clusters {
+		select {
+		case <-c.Ready():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Quit is closed when /quitquitquit asks the sidecar to stop.
+func (s *Sidecar) Quit() <-chan struct{} { return s.quit }
+
+// AdminAddr, UpstreamAddr and InboundAddr give the bound addresses.
+func (s *Sidecar) AdminAddr() string { return s.adminLn.Addr().String() }
+
+func (s *Sidecar) UpstreamAddr(service string) string {
+	for _, nl := range s.outbound {
+		if nl.name == service {
+			return nl.ln.Addr().String()
+		}
+	}
+	return ""
+}
+
+func (s *Sidecar) InboundAddr() string {
+	if s.inboundLn == nil {
+		return ""
+	}
+	return s.inboundLn.Addr().String()
+}
+
+// Cluster returns the named upstream cluster.
+func (s *Sidecar) Cluster(name string) *Cluster { return s.byName[name] }
+
+// Clusters returns the /clusters view.
+func (s *Sidecar) Clusters() []ClusterStatus {
+	out := make([]ClusterStatus, 0, len(s.clusters)+1)
+	for _, c := range s.clusters {
+		out = append(out, c.Status())
+	}
+	if s.inbound != nil {
+		out = append(out, s.inbound.Status())
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Shutdown drains: /ready turns 503 and the inbound listener closes at
+// once (no new work for this instance), outbound listeners keep serving the
+// app for the drain period or until idle, then everything stops.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	var err error
+	s.stopOnce.Do(func() {
+		s.draining.Store(true)
+		s.log.Info("draining", "timeout", s.cfg.Drain.Timeout)
+		s.stopExtrasEarly()
+		if s.inboundSrv != nil {
+			_ = s.inboundSrv.Shutdown(ctx)
+		}
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.Drain.Timeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, srv := range s.servers {
+			if srv == s.inboundSrv {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if e := srv.Shutdown(dctx); e != nil {
+					_ = srv.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		for _, nl := range s.outbound {
+			nl.ln.Close()
+		}
+		for _, p := range s.tcp {
+			p.closeAll()
+		}
+		for _, c := range s.clusters {
+			c.close()
+		}
+		if s.inbound != nil {
+			s.inbound.close()
+		}
+		s.stopExtras()
+		if s.ownSrc && s.src != nil {
+			_ = s.src.Close()
+		}
+		if s.admin != nil {
+			_ = s.admin.Shutdown(ctx)
+		}
+		s.wg.Wait()
+	})
+	return err
+}

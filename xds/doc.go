@@ -1,0 +1,37 @@
+// Package xds owns sidemesh's xDS: the translation of endpoint snapshots
+// and upstream settings into Envoy resources, the embedded xDS server, and
+// the xDS client source.
+//
+// Translation (Resources, Cluster; DecodeCluster and DecodeLoadAssignment
+// go back) is pure and golden-tested (testdata/*.golden; go test -update
+// rewrites them). Per service it makes an EDS Cluster carrying the lb
+// policy, outlier detection, circuit breakers and health checks, a
+// ClusterLoadAssignment with each endpoint's load_balancing_weight and
+// health, and, for proxyless gRPC clients dialing xds:///SERVICE, an API
+// Listener (HttpConnectionManager, RDS over ADS, router filter) and its
+// RouteConfiguration.
+//
+// What gRPC does with these (grpc-go v1.85): it honours ROUND_ROBIN (its
+// round_robin ignores endpoint weights, grpc/grpc#32004), RING_HASH (with
+// endpoint weights; random hash per call without a hash policy) and
+// LEAST_REQUEST; it NACKs RANDOM and MAGLEV, so for weighted_random and
+// maglev the Cluster lists the Envoy policy and a gRPC fallback in
+// load_balancing_policy (random→round_robin, maglev→ring_hash). gRPC
+// skips localities of weight 0, so every assignment has one locality of
+// weight 1. gRPC uses endpoints whose health is HEALTHY or UNKNOWN.
+//
+// Server serves a go-control-plane snapshot cache over ADS and CDS, EDS,
+// LDS and RDS (state of the world and delta). Its source of truth is a
+// discovery.Source; every change there makes one new, consistent snapshot
+// version, the same for every node. The cache runs in non-ADS mode: in
+// ADS mode go-control-plane answers a request only if it names every
+// resource of the type, and our clients (and gRPC) subscribe to subsets.
+//
+// Client is a discovery.Source over one ADS stream (state of the world):
+// ACK and NACK with error_detail, last good data kept per resource,
+// reconnect with jittered exponential backoff and resubscription, ambient
+// errors during outages. Stats and WriteClientMetrics/WriteServerMetrics
+// feed /config_dump and /metrics.
+//
+// This package imports discovery, never sidecar (TestImportDirection).
+package xds

@@ -1,0 +1,64 @@
+package xds
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// typeLabel is the short name of a type URL: "Cluster",
+// "ClusterLoadAssignment".
+func typeLabel(typeURL string) string { return typeURL[strings.LastIndexByte(typeURL, '.')+1:] }
+
+// WriteClientMetrics writes the client's counters in the Prometheus text
+// format (sidemesh_xds_client_*; per type: updates, ACKs, NACKs).
+func WriteClientMetrics(w io.Writer, st ClientStats) error {
+	types := make([]string, 0, len(st.Types))
+	for t := range st.Types {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	var b strings.Builder
+	connected := 0
+	if st.Connected {
+		connected = 1
+	}
+	fmt.Fprintf(&b, "# HELP sidemesh_xds_client_connected Whether the ADS stream is up.\n# TYPE sidemesh_xds_client_connected gauge\nsidemesh_xds_client_connected %d\n", connected)
+	fmt.Fprintf(&b, "# HELP sidemesh_xds_client_streams_total ADS streams opened.\n# TYPE sidemesh_xds_client_streams_total counter\nsidemesh_xds_client_streams_total %d\n", st.Streams)
+	for _, m := range []struct {
+		name, help string
+		get        func(*TypeStats) uint64
+	}{
+		{"updates", "xDS responses received.", func(t *TypeStats) uint64 { return t.Updates }},
+		{"acks", "xDS responses accepted.", func(t *TypeStats) uint64 { return t.ACKs }},
+		{"nacks", "xDS responses rejected.", func(t *TypeStats) uint64 { return t.NACKs }},
+	} {
+		fmt.Fprintf(&b, "# HELP sidemesh_xds_client_%s_total %s\n# TYPE sidemesh_xds_client_%s_total counter\n", m.name, m.help, m.name)
+		for _, t := range types {
+			fmt.Fprintf(&b, "sidemesh_xds_client_%s_total{type=%q} %d\n", m.name, typeLabel(t), m.get(st.Types[t]))
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteServerMetrics writes the server's counters in the Prometheus text
+// format (sidemesh_xds_server_*).
+func WriteServerMetrics(w io.Writer, st ServerStats) error {
+	var b strings.Builder
+	for _, m := range []struct {
+		name, kind, help string
+		v                any
+	}{
+		{"sidemesh_xds_server_version", "gauge", "Version of the snapshot served.", st.Version},
+		{"sidemesh_xds_server_streams", "gauge", "Open xDS streams.", st.Streams},
+		{"sidemesh_xds_server_requests_total", "counter", "xDS requests received.", st.Requests},
+		{"sidemesh_xds_server_acks_total", "counter", "ACKs received.", st.ACKs},
+		{"sidemesh_xds_server_nacks_total", "counter", "NACKs received.", st.NACKs},
+	} {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", m.name, m.help, m.name, m.kind, m.name, m.v)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

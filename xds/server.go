@@ -1,0 +1,510 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+
+	"github.com/sidemesh/sidemesh/discovery"
+)
+
+// snapshotKey is the one cache key every node maps to: all nodes get the
+// same snapshot, so one change makes one new version for every node.
+const snapshotKey = "sidemesh"
+
+type constHash struct{}
+
+func (constHash) ID(*corev3.Node) string { return snapshotKey }
+
+var _ cache.NodeHash = constHash{}
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Source is the source of truth (file or Consul discovery).
+	Source discovery.Source
+	// Settings lists the services to serve, one ClusterSettings each.
+	Settings []ClusterSettings
+	// GRPCOptions are passed to the gRPC server Serve creates (TLS
+	// credentials, keepalive).
+	GRPCOptions []grpc.ServerOption
+}
+
+// Server is the embedded xDS server: a go-control-plane snapshot cache fed
+// from a discovery source, served over ADS and the per-type services (CDS,
+// EDS, LDS, RDS), state of the world and delta.
+//
+// Every change the source reports for a served service (a snapshot with
+// different endpoints, a resource error) and every SetSettings call makes
+// exactly one new snapshot version, set for all nodes at once.
+//
+// Concurrency: all methods are safe for concurrent use. Source callbacks
+// and SetSettings serialise on one mutex; the snapshot cache and the gRPC
+// streams run on go-control-plane's and grpc-go's goroutines.
+type Server struct {
+	log   *slog.Logger
+	src   discovery.Source
+	cache cache.SnapshotCache
+	xds   *handlers
+	gopts []grpc.ServerOption
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	setMu sync.Mutex // serialises SetSettings and Stop
+
+	mu       sync.Mutex
+	settings map[string]ClusterSettings
+	watches  map[string]func()
+	snaps    map[string]*discovery.Snapshot
+	batching int
+	version  uint64
+	stopped  bool
+	grpcs    []*grpc.Server
+
+	cb serverCallbacks
+}
+
+// NewServer validates the settings, starts watching every configured
+// service on the source and builds the first snapshot (version 1).
+func NewServer(opts ServerOptions) (*Server, error) {
+	if opts.Source == nil {
+		return nil, fmt.Errorf("%w: server needs a discovery source", ErrConfig)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "xds-server")
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log:      log,
+		src:      opts.Source,
+		gopts:    opts.GRPCOptions,
+		ctx:      ctx,
+		cancel:   cancel,
+		settings: map[string]ClusterSettings{},
+		watches:  map[string]func(){},
+		snaps:    map[string]*discovery.Snapshot{},
+	}
+	s.cb.log = log
+	s.cb.last = map[int64]map[string]sentResponse{}
+	s.cache = cache.NewSnapshotCache(false, constHash{}, slogAdapter(log))
+	s.xds = newHandlers(ctx, s.cache, &s.cb)
+	if err := s.SetSettings(opts.Settings); err != nil {
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetSettings replaces the served services and their settings: services
+// no longer listed stop being watched and served, new ones start. It makes
+// one new snapshot version.
+func (s *Server) SetSettings(settings []ClusterSettings) error {
+	next := make(map[string]ClusterSettings, len(settings))
+	for i, cs := range settings {
+		if err := cs.Validate(fmt.Sprintf("settings[%d]", i)); err != nil {
+			return err
+		}
+		if _, dup := next[cs.Service]; dup {
+			return fmt.Errorf("%w: settings[%d].service: %q is listed twice", ErrInvalidSettings, i, cs.Service)
+		}
+		next[cs.Service] = cs
+	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.batching++
+	var cancels []func()
+	var added []string
+	for name, cancel := range s.watches {
+		if _, keep := next[name]; !keep {
+			cancels = append(cancels, cancel)
+			delete(s.watches, name)
+			delete(s.snaps, name)
+		}
+	}
+	for name := range next {
+		if _, ok := s.settings[name]; !ok {
+			added = append(added, name)
+		}
+	}
+	s.settings = next
+	s.mu.Unlock()
+
+	// Watch and cancel outside s.mu: a source may deliver the current
+	// snapshot from inside Watch, and a callback in flight holds the
+	// source's lock while it waits for s.mu.
+	for _, cancel := range cancels {
+		cancel()
+	}
+	sort.Strings(added)
+	newWatches := make(map[string]func(), len(added))
+	for _, name := range added {
+		newWatches[name] = s.src.Watch(name, s.watcher(name))
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, cancel := range newWatches {
+		s.watches[name] = cancel
+	}
+	s.batching--
+	s.rebuildLocked()
+	return nil
+}
+
+func (s *Server) watcher(service string) discovery.Watcher {
+	return discovery.WatcherFuncs{
+		Update: func(snap *discovery.Snapshot) { s.update(service, snap) },
+		ResourceError: func(err error) {
+			s.log.Warn("service data dropped", "service", service, "err", err)
+			s.update(service, nil)
+		},
+		AmbientError: func(err error) {
+			s.log.Warn("discovery source in trouble; serving the last endpoints", "service", service, "err", err)
+		},
+	}
+}
+
+// update stores a service's snapshot (nil: none) and rebuilds unless the
+// endpoints are unchanged.
+func (s *Server) update(service string, snap *discovery.Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.settings[service]; !ok || s.stopped {
+		return
+	}
+	old, had := s.snaps[service]
+	if (had && old.Equal(snap)) || (!had && snap == nil) {
+		return // nothing changed: no new version
+	}
+	if snap == nil {
+		delete(s.snaps, service)
+	} else {
+		s.snaps[service] = snap
+	}
+	if s.batching == 0 {
+		s.rebuildLocked()
+	}
+}
+
+func (s *Server) rebuildLocked() {
+	list := make([]ClusterSettings, 0, len(s.settings))
+	for _, cs := range s.settings {
+		list = append(list, cs)
+	}
+	res, err := Resources(list, s.snaps)
+	if err != nil {
+		s.log.Warn("some endpoints cannot be served", "err", err)
+	}
+	version := strconv.FormatUint(s.version+1, 10)
+	snap, err := cache.NewSnapshot(version, res)
+	if err == nil {
+		err = consistent(snap)
+	}
+	if err != nil {
+		// Resources builds consistent snapshots by construction; this
+		// is a programming error, and the last good snapshot stays.
+		s.log.Error("snapshot not set", "version", version, "err", err)
+		return
+	}
+	if err := s.cache.SetSnapshot(s.ctx, snapshotKey, snap); err != nil {
+		s.log.Error("snapshot not set", "version", version, "err", err)
+		return
+	}
+	s.version++
+	s.log.Debug("snapshot set", "version", version, "services", len(list))
+}
+
+// consistent checks that every name a resource refers to is in the
+// snapshot. Snapshot.Consistent covers CDS→EDS; go-control-plane follows
+// RDS references only from listeners' filter chains, not from API
+// listeners, so the LDS→RDS half is checked here.
+func consistent(snap *cache.Snapshot) error {
+	routes := snap.GetResources(resource.RouteType)
+	referenced := map[string]bool{}
+	for name, r := range snap.GetResources(resource.ListenerType) {
+		l, ok := r.(*listenerv3.Listener)
+		if !ok {
+			return fmt.Errorf("%w: listener %q is a %T", ErrInconsistent, name, r)
+		}
+		for _, rn := range routeNames(l) {
+			if _, ok := routes[rn]; !ok {
+				return fmt.Errorf("%w: listener %q refers to missing route %q", ErrInconsistent, name, rn)
+			}
+			referenced[rn] = true
+		}
+	}
+	for rn := range routes {
+		if !referenced[rn] {
+			return fmt.Errorf("%w: route %q is referenced by no listener", ErrInconsistent, rn)
+		}
+	}
+	withoutRoutes := map[resource.Type][]types.Resource{}
+	for _, t := range []resource.Type{resource.ClusterType, resource.EndpointType, resource.ListenerType} {
+		for _, r := range snap.GetResources(t) {
+			withoutRoutes[t] = append(withoutRoutes[t], r)
+		}
+	}
+	cds, err := cache.NewSnapshot(snap.GetVersion(resource.ClusterType), withoutRoutes)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInconsistent, err)
+	}
+	if err := cds.Consistent(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInconsistent, err)
+	}
+	return nil
+}
+
+// Version is the version of the snapshot being served ("1" after NewServer).
+func (s *Server) Version() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strconv.FormatUint(s.version, 10)
+}
+
+// Cache exposes the snapshot cache (read-only use: GetSnapshot, status).
+func (s *Server) Cache() cache.SnapshotCache { return s.cache }
+
+// Register registers ADS and the CDS, EDS, LDS and RDS services (state of
+// the world and delta) on g.
+func (s *Server) Register(g *grpc.Server) {
+	s.xds.register(g)
+}
+
+// Serve serves xDS on lis until Stop. It returns nil after Stop.
+func (s *Server) Serve(lis net.Listener) error {
+	g := grpc.NewServer(s.gopts...)
+	s.Register(g)
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		lis.Close()
+		return ErrClosed
+	}
+	s.grpcs = append(s.grpcs, g)
+	s.mu.Unlock()
+	s.log.Info("serving xDS", "addr", lis.Addr().String())
+	if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("xds: serve %s: %w", lis.Addr(), err)
+	}
+	return nil
+}
+
+// Stop stops watching the source, ends every stream and the gRPC servers
+// Serve started. It does not close the source.
+func (s *Server) Stop() {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.stopped = true
+	watches, grpcs := s.watches, s.grpcs
+	s.watches, s.grpcs = map[string]func(){}, nil
+	s.mu.Unlock()
+	for _, cancel := range watches {
+		cancel()
+	}
+	s.cancel()
+	for _, g := range grpcs {
+		g.Stop()
+	}
+}
+
+// ServerStats is what /config_dump shows of the server.
+type ServerStats struct {
+	Version  string    `json:"version"`
+	Services []string  `json:"services"`
+	Streams  int64     `json:"streams"` // open streams (SotW and delta)
+	Requests uint64    `json:"requests"`
+	ACKs     uint64    `json:"acks"`
+	NACKs    uint64    `json:"nacks"`
+	LastNACK *NACKInfo `json:"last_nack,omitempty"`
+}
+
+// NACKInfo describes one rejected response.
+type NACKInfo struct {
+	Node    string    `json:"node,omitempty"` // the rejecting node (server side)
+	TypeURL string    `json:"type_url"`
+	Version string    `json:"version,omitempty"` // the rejected version, when known
+	Nonce   string    `json:"nonce"`
+	Detail  string    `json:"detail"`
+	Time    time.Time `json:"time"`
+}
+
+// Stats returns counters and the last NACK any node sent.
+func (s *Server) Stats() ServerStats {
+	s.mu.Lock()
+	st := ServerStats{Version: strconv.FormatUint(s.version, 10)}
+	for name := range s.settings {
+		st.Services = append(st.Services, name)
+	}
+	s.mu.Unlock()
+	sort.Strings(st.Services)
+	st.Streams = s.cb.streams.Load()
+	st.Requests = s.cb.requests.Load()
+	st.ACKs = s.cb.acks.Load()
+	st.NACKs = s.cb.nacks.Load()
+	s.cb.mu.Lock()
+	if s.cb.lastNACK != nil {
+		n := *s.cb.lastNACK
+		st.LastNACK = &n
+	}
+	s.cb.mu.Unlock()
+	return st
+}
+
+// sentResponse remembers the last response of one type on one stream.
+type sentResponse struct{ nonce, version string }
+
+// serverCallbacks count requests, ACKs and NACKs and keep a NACKed
+// response from being sent again at once (see OnStreamRequest).
+type serverCallbacks struct {
+	log      *slog.Logger
+	streams  atomic.Int64
+	requests atomic.Uint64
+	acks     atomic.Uint64
+	nacks    atomic.Uint64
+
+	mu       sync.Mutex
+	last     map[int64]map[string]sentResponse
+	lastNACK *NACKInfo
+}
+
+var _ callbacks = (*serverCallbacks)(nil)
+
+func (c *serverCallbacks) OnStreamOpen(context.Context, int64, string) error {
+	c.streams.Add(1)
+	return nil
+}
+
+func (c *serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) {
+	c.streams.Add(-1)
+	c.mu.Lock()
+	delete(c.last, id)
+	c.mu.Unlock()
+}
+
+// OnStreamRequest counts the request. A NACK names the last good version;
+// go-control-plane's cache would answer it at once with the rejected
+// version again, and the client would NACK again, in a tight loop. So a
+// NACK of the last response sent on this stream is recorded as if it
+// acknowledged that version: the cache then waits for the next change.
+func (c *serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	c.requests.Add(1)
+	if req.GetResponseNonce() == "" {
+		return nil
+	}
+	if req.GetErrorDetail() == nil {
+		c.acks.Add(1)
+		return nil
+	}
+	c.nacks.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sent := c.last[id][req.GetTypeUrl()]
+	n := &NACKInfo{
+		Node:    req.GetNode().GetId(),
+		TypeURL: req.GetTypeUrl(),
+		Nonce:   req.GetResponseNonce(),
+		Detail:  req.GetErrorDetail().GetMessage(),
+		Time:    time.Now(),
+	}
+	if sent.nonce == req.GetResponseNonce() {
+		n.Version = sent.version
+		req.VersionInfo = sent.version
+	}
+	c.lastNACK = n
+	c.log.Warn("xDS response rejected", "node", n.Node, "type", n.TypeURL, "version", n.Version, "detail", n.Detail)
+	return nil
+}
+
+func (c *serverCallbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.last[id]
+	if m == nil {
+		m = map[string]sentResponse{}
+		c.last[id] = m
+	}
+	m[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
+}
+
+func (c *serverCallbacks) OnDeltaStreamOpen(context.Context, int64, string) error {
+	c.streams.Add(1)
+	return nil
+}
+
+func (c *serverCallbacks) OnDeltaStreamClosed(int64, *corev3.Node) { c.streams.Add(-1) }
+
+func (c *serverCallbacks) OnStreamDeltaRequest(_ int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	c.requests.Add(1)
+	if req.GetResponseNonce() == "" {
+		return nil
+	}
+	if req.GetErrorDetail() == nil {
+		c.acks.Add(1)
+		return nil
+	}
+	c.nacks.Add(1)
+	c.mu.Lock()
+	c.lastNACK = &NACKInfo{
+		Node:    req.GetNode().GetId(),
+		TypeURL: req.GetTypeUrl(),
+		Nonce:   req.GetResponseNonce(),
+		Detail:  req.GetErrorDetail().GetMessage(),
+		Time:    time.Now(),
+	}
+	c.mu.Unlock()
+	c.log.Warn("xDS delta response rejected", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(), "detail", req.GetErrorDetail().GetMessage())
+	return nil
+}
+
+func (c *serverCallbacks) OnStreamDeltaResponse(int64, *discoveryv3.DeltaDiscoveryRequest, *discoveryv3.DeltaDiscoveryResponse) {
+}
+
+// slogAdapter routes go-control-plane's logging to slog. Its Debugf runs
+// per request; it is skipped unless debug is enabled.
+func slogAdapter(l *slog.Logger) cplog.Logger {
+	return cplog.LoggerFuncs{
+		DebugFunc: func(f string, a ...any) {
+			if l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug(fmt.Sprintf(f, a...))
+			}
+		},
+		InfoFunc: func(f string, a ...any) {
+			if l.Enabled(context.Background(), slog.LevelInfo) {
+				l.Info(fmt.Sprintf(f, a...))
+			}
+		},
+		WarnFunc:  func(f string, a ...any) { l.Warn(fmt.Sprintf(f, a...)) },
+		ErrorFunc: func(f string, a ...any) { l.Error(fmt.Sprintf(f, a...)) },
+	}
+}
