@@ -47,6 +47,7 @@ type Host struct {
 	// guarded by Cluster.mu
 	inSnapshot    bool
 	eligible      bool
+	everEligible  bool
 	eligibleSince time.Time
 }
 
@@ -60,8 +61,9 @@ func (h *Host) Weight() uint32 { return h.weight.Load() }
 type pickState struct {
 	picker balancer.Picker
 	hosts  []*Host
-	panic  bool
-	total  int // hosts in the snapshot
+	panic   bool
+	total   int      // hosts in the snapshot
+	weights []uint32 // effective weights (slow start applied), by hosts index
 }
 
 // Cluster is one upstream service: its hosts, its picker and the
@@ -324,12 +326,12 @@ func (c *Cluster) rebuild() {
 	for _, h := range c.hosts {
 		all = append(all, h)
 		ok := c.hostEligible(h)
-		if ok && !h.eligible && c.cfg.SlowStart != nil && !h.eligibleSince.IsZero() {
+		if ok && !h.eligible && h.everEligible && c.cfg.SlowStart != nil {
 			// returning from ejection or failed checks: ramp up again
 			h.eligibleSince = now
 		}
-		if ok && !h.eligible && h.eligibleSince.IsZero() && c.haveFirstPick() && c.cfg.SlowStart != nil {
-			h.eligibleSince = now
+		if ok {
+			h.everEligible = true
 		}
 		h.eligible = ok
 		if ok {
@@ -371,6 +373,16 @@ func (c *Cluster) rebuild() {
 		}
 		eps[i] = balancer.Endpoint{Address: h.Addr, Weight: w, Active: &h.Active}
 	}
+	st.weights = make([]uint32, len(use))
+	for i := range eps {
+		st.weights[i] = eps[i].Weight
+		if scale > 1 {
+			st.weights[i] = (eps[i].Weight + scale/2) / scale
+			if st.weights[i] == 0 {
+				st.weights[i] = 1
+			}
+		}
+	}
 	p, err := balancer.New(c.lbPolicy, c.lbConfig, eps, rand.Uint64())
 	if err != nil {
 		c.log.Error("cannot build picker; keeping the previous one", "err", err)
@@ -390,8 +402,6 @@ func (c *Cluster) rebuild() {
 		}
 	}
 }
-
-func (c *Cluster) haveFirstPick() bool { return c.haveFirst }
 
 // slowStartWeight is Envoy's slow start: weight · max(min_weight_percent,
 // (t/window)^(1/aggression)).
@@ -515,8 +525,8 @@ func (c *Cluster) Status() ClusterStatus {
 	}
 	eff := map[*Host]uint32{}
 	if st.picker != nil {
-		for _, h := range st.hosts {
-			eff[h] = h.weight.Load()
+		for i, h := range st.hosts {
+			eff[h] = st.weights[i]
 		}
 	}
 	addrs := make([]string, 0, len(c.hosts))

@@ -135,8 +135,15 @@ func TestReadmeConfigReference(t *testing.T) {
 	known := map[string]bool{}
 	collectKeys(reflect.TypeOf(Config{}), "", known)
 	documented := map[string]bool{}
-	for _, m := range regexp.MustCompile("`([a-z0-9_.\\[\\]]+)`").FindAllStringSubmatch(ref, -1) {
-		documented[m[1]] = true
+	keyRe := regexp.MustCompile("`([a-z0-9_.\\[\\]]+)`")
+	for _, line := range strings.Split(ref, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 3 {
+			continue
+		}
+		for _, m := range keyRe.FindAllStringSubmatch(cells[1], -1) { // first column: the keys
+			documented[m[1]] = true
+		}
 	}
 	var missing, unknown []string
 	for k := range known {

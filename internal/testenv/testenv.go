@@ -245,3 +245,43 @@ func (p *Process) dumpLog() {
 	}
 	p.t.Logf("testenv: %s log (%s, last %d bytes):\n%s", p.name, p.log, len(data), data)
 }
+
+// Signal sends sig to the running process (e.g. SIGTERM for a graceful
+// stop); it is an error if the process is not running.
+func (p *Process) Signal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return fmt.Errorf("%s is not running", p.name)
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+// Wait waits up to timeout for the process to exit on its own and returns
+// its exit code; on timeout it kills the process and returns an error.
+func (p *Process) Wait(timeout time.Duration) (int, error) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return 0, fmt.Errorf("%s is not running", p.name)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		p.Stop()
+		return -1, fmt.Errorf("%s did not exit within %v", p.name, timeout)
+	}
+	p.mu.Lock()
+	p.cmd, p.done = nil, nil
+	p.mu.Unlock()
+	return cmd.ProcessState.ExitCode(), nil
+}
+
+// Log returns what the process has written so far.
+func (p *Process) Log() string {
+	data, _ := os.ReadFile(p.log)
+	return string(data)
+}

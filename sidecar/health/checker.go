@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -203,15 +204,7 @@ func (c *Checker) Statuses() []Status {
 		out = append(out, h.status())
 	}
 	c.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Status) int {
-		switch {
-		case a.Address < b.Address:
-			return -1
-		case a.Address > b.Address:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Address, b.Address) })
 	return out
 }
 
