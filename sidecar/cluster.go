@@ -59,8 +59,8 @@ func (h *Host) Weight() uint32 { return h.weight.Load() }
 
 // pickState is what the request path sees: immutable once stored.
 type pickState struct {
-	picker balancer.Picker
-	hosts  []*Host
+	picker  balancer.Picker
+	hosts   []*Host
 	panic   bool
 	total   int      // hosts in the snapshot
 	weights []uint32 // effective weights (slow start applied), by hosts index
