@@ -534,20 +534,15 @@ upstreams:
 
 	// Kill the agent in the middle of a load.
 	var (
-		wg       sync.WaitGroup
-		counts   map[string]int
-		failed   int
-		started  = make(chan struct{})
-		loadDone = make(chan struct{})
+		wg     sync.WaitGroup
+		counts map[string]int
+		failed int
 	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer close(loadDone)
-		close(started)
 		counts, failed = load(t, "http://"+up+"/", consulLoadN, 4)
 	}()
-	<-started
 	consul.Stop()
 	tKilled := time.Now()
 	testenv.Eventually(t, 15*time.Second, "/clusters reports the outage", func() error {

@@ -74,12 +74,13 @@ type Cluster struct {
 	log  *slog.Logger
 	m    *Metrics
 
-	state   atomic.Pointer[pickState]
-	br      atomic.Pointer[breaker.Breaker]
-	connTO  atomic.Int64 // connect_timeout, ns
-	policy  atomic.Pointer[string]
-	tp      *tracing.Provider
-	inbound bool
+	state      atomic.Pointer[pickState]
+	br         atomic.Pointer[breaker.Breaker]
+	connTO     atomic.Int64 // connect_timeout, ns
+	policy     atomic.Pointer[string]
+	tp         *tracing.Provider
+	inbound    bool
+	hadTraffic atomic.Bool
 
 	// guarded by mu (swapped when xDS cluster settings arrive)
 	od       *outlier.Detector
@@ -146,6 +147,7 @@ func (c *Cluster) newChecker(cfg health.Config) *health.Checker {
 		Logger:      c.log,
 		ServiceName: c.Name,
 		OnChange:    c.rebuild,
+		Traffic:     c.hadTraffic.Load, // no_traffic_interval until the first request
 		OnSuccess: func(addr string) {
 			c.mu.Lock()
 			od := c.od
@@ -443,6 +445,9 @@ func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (*Host, bool, error
 	n := len(st.hosts)
 	if n == 0 {
 		return nil, false, ErrNoHealthyUpstream
+	}
+	if !c.hadTraffic.Load() {
+		c.hadTraffic.Store(true)
 	}
 	i := st.picker.Pick(info)
 	if i < 0 {

@@ -41,13 +41,19 @@ type Sidecar struct {
 	byName   map[string]*Cluster
 	inbound  *Cluster
 	tp       *tracing.Provider
-	consul   *consul.Source
-	reg      *consul.Registrar
-	regStop  context.CancelFunc
-	regDone  chan struct{}
-	xdsCli   *xds.Client
-	xdsSrv   *xds.Server
-	xdsLn    net.Listener
+
+	hmu           sync.Mutex
+	tcpByCluster  map[*Cluster]*tcpProxy
+	httpByCluster map[*Cluster]http.Handler
+	transLn       net.Listener
+	trans         *transparentListener
+	consul        *consul.Source
+	reg           *consul.Registrar
+	regStop       context.CancelFunc
+	regDone       chan struct{}
+	xdsCli        *xds.Client
+	xdsSrv        *xds.Server
+	xdsLn         net.Listener
 
 	admin      *http.Server
 	adminLn    net.Listener
@@ -75,7 +81,8 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sidecar{cfg: cfg, log: log, m: newMetrics(), byName: map[string]*Cluster{}, quit: make(chan struct{})}
+	s := &Sidecar{cfg: cfg, log: log, m: newMetrics(), byName: map[string]*Cluster{}, quit: make(chan struct{}),
+		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
 	s.src = opts.Source
 	if s.src == nil {
 		src, err := s.newSource()
@@ -157,6 +164,13 @@ func (s *Sidecar) Start() error {
 			return fmt.Errorf("service.inbound %s: %w", s.inbound.cfg.Listen, err)
 		}
 	}
+	if t := s.cfg.Transparent; t != nil {
+		s.transLn, err = net.Listen("tcp", t.Listen)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("transparent.listen %s: %w", t.Listen, err)
+		}
+	}
 	if err := s.startExtras(); err != nil {
 		s.closeListeners()
 		return err
@@ -176,19 +190,48 @@ func (s *Sidecar) Start() error {
 		s.inbound.start(nil)
 		s.inboundSrv = s.serveCluster(s.inbound, s.inboundLn)
 	}
+	if s.transLn != nil {
+		s.trans = newTransparent(s, s.transLn)
+		s.goServe(s.trans.serve)
+	}
 	s.bound.Store(true)
 	s.log.Info("sidecar started", "admin", s.adminLn.Addr().String(), "upstreams", len(s.clusters))
 	return nil
 }
 
+// tcpFor returns the cluster's TCP proxy, made once.
+func (s *Sidecar) tcpFor(c *Cluster) *tcpProxy {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	if p, ok := s.tcpByCluster[c]; ok {
+		return p
+	}
+	p := newTCPProxy(c, s.log.With("upstream", c.Name))
+	s.tcp = append(s.tcp, p)
+	s.tcpByCluster[c] = p
+	return p
+}
+
+// handlerFor returns the cluster's HTTP handler, made once (one transport
+// and pool per cluster, shared by its listener and the transparent one).
+func (s *Sidecar) handlerFor(c *Cluster) http.Handler {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	if h, ok := s.httpByCluster[c]; ok {
+		return h
+	}
+	h := s.wrapHandler(c, newUpstreamHandler(c))
+	s.httpByCluster[c] = h
+	return h
+}
+
 func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *http.Server {
 	if c.cfg.Protocol == "tcp" {
-		p := newTCPProxy(c, s.log.With("upstream", c.Name))
-		s.tcp = append(s.tcp, p)
+		p := s.tcpFor(c)
 		s.goServe(func() error { return p.serve(ln) })
 		return nil
 	}
-	srv := newHTTPServer(s.wrapHandler(c, newUpstreamHandler(c)))
+	srv := newHTTPServer(s.handlerFor(c))
 	s.servers = append(s.servers, srv)
 	s.goServe(func() error { return srv.Serve(ln) })
 	return srv
@@ -213,6 +256,9 @@ func (s *Sidecar) closeListeners() {
 	}
 	if s.inboundLn != nil {
 		s.inboundLn.Close()
+	}
+	if s.transLn != nil {
+		s.transLn.Close()
 	}
 }
 
@@ -259,6 +305,14 @@ func (s *Sidecar) UpstreamAddr(service string) string {
 		}
 	}
 	return ""
+}
+
+// TransparentAddr is the bound transparent listener, or "".
+func (s *Sidecar) TransparentAddr() string {
+	if s.transLn == nil {
+		return ""
+	}
+	return s.transLn.Addr().String()
 }
 
 func (s *Sidecar) InboundAddr() string {
@@ -314,6 +368,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		wg.Wait()
 		for _, nl := range s.outbound {
 			nl.ln.Close()
+		}
+		if s.trans != nil {
+			s.trans.close()
 		}
 		for _, p := range s.tcp {
 			p.closeAll()

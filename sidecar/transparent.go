@@ -1,0 +1,215 @@
+package sidecar
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// transparentListener serves outbound traffic that iptables redirected to
+// it (`transparent.listen`, see `sidemesh iptables`). A connection is routed
+// by what it carries:
+//
+//   - HTTP (sniffed from the first bytes: a method and a space, or the h2c
+//     preface) goes to the upstream named by the Host header (`api`,
+//     `api:8080`, `api.anything`), else to the upstream owning the original
+//     destination address; an unknown upstream gets 404.
+//   - Anything else goes to the upstream owning the original destination
+//     (SO_ORIGINAL_DST); unknown destinations are closed.
+//
+// The sniff waits at most sniffTimeout for the client to speak (Istio's
+// protocol detection does the same); a server-first protocol to a known
+// TCP upstream is routed without waiting.
+type transparentListener struct {
+	s      *Sidecar
+	log    *slog.Logger
+	ln     net.Listener
+	httpLn *connQueue
+	srv    *http.Server
+	wg     sync.WaitGroup
+}
+
+const sniffTimeout = time.Second
+
+func newTransparent(s *Sidecar, ln net.Listener) *transparentListener {
+	t := &transparentListener{s: s, log: s.log.With("component", "transparent"), ln: ln, httpLn: newConnQueue(ln.Addr())}
+	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP))
+	t.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if pc, ok := c.(*peekedConn); ok {
+			return context.WithValue(ctx, connKey{}, pc)
+		}
+		return ctx
+	}
+	return t
+}
+
+func (t *transparentListener) serve() error {
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		_ = t.srv.Serve(t.httpLn)
+	}()
+	for {
+		conn, err := t.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			continue
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			t.route(conn)
+		}()
+	}
+}
+
+func (t *transparentListener) close() {
+	t.ln.Close()
+	t.httpLn.Close()
+	_ = t.srv.Close()
+	t.wg.Wait()
+}
+
+// clusterFor finds the upstream that owns a destination address.
+func (t *transparentListener) clusterFor(dst string) *Cluster {
+	for _, c := range t.s.clusters {
+		if c.host(dst) != nil {
+			return c
+		}
+	}
+	return nil
+}
+
+func (t *transparentListener) route(conn net.Conn) {
+	dst := originalDst(conn)
+	owner := t.clusterFor(dst)
+	if owner != nil && owner.cfg.Protocol == "tcp" {
+		t.s.tcpFor(owner).handle(conn)
+		return
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	_ = conn.SetReadDeadline(time.Now().Add(sniffTimeout))
+	head, _ := br.Peek(8)
+	_ = conn.SetReadDeadline(time.Time{})
+	pc := &peekedConn{Conn: conn, r: br, dst: dst}
+	if looksHTTP(head) {
+		t.httpLn.push(pc)
+		return
+	}
+	if owner == nil {
+		t.log.Debug("transparent: no upstream for destination; closing", "dst", dst)
+		conn.Close()
+		return
+	}
+	t.s.tcpFor(owner).handle(pc)
+}
+
+var httpMethods = [][]byte{[]byte("GET "), []byte("POST "), []byte("PUT "), []byte("HEAD "), []byte("DELETE "),
+	[]byte("PATCH "), []byte("OPTIONS "), []byte("CONNECT "), []byte("TRACE "), []byte("PRI * HT")}
+
+func looksHTTP(head []byte) bool {
+	for _, m := range httpMethods {
+		n := len(m)
+		if len(head) < n {
+			n = len(head)
+		}
+		if n > 0 && len(head) >= len(m) && bytes.Equal(head[:len(m)], m) {
+			return true
+		}
+	}
+	return false
+}
+
+// serveHTTP routes one request by Host, then by original destination.
+func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	name := r.Host
+	if h, _, err := net.SplitHostPort(name); err == nil {
+		name = h
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 && net.ParseIP(name) == nil {
+		name = name[:i]
+	}
+	c := t.s.byName[name]
+	if c == nil {
+		if pc, ok := connFromContext(r); ok {
+			c = t.clusterFor(pc.dst)
+		}
+	}
+	if c == nil || c.cfg.Protocol == "tcp" {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("x-sidemesh-local-reply", "true")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("unknown upstream " + r.Host + "\n"))
+		return
+	}
+	t.s.handlerFor(c).ServeHTTP(w, r)
+}
+
+// peekedConn is a connection whose first bytes were read for sniffing.
+type peekedConn struct {
+	net.Conn
+	r   *bufio.Reader
+	dst string
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// CloseWrite keeps half-close working for TCP relays.
+func (p *peekedConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+type connKey struct{}
+
+func connFromContext(r *http.Request) (*peekedConn, bool) {
+	pc, ok := r.Context().Value(connKey{}).(*peekedConn)
+	return pc, ok
+}
+
+// connQueue is a net.Listener fed with already-accepted connections.
+type connQueue struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (q *connQueue) push(c net.Conn) {
+	select {
+	case q.ch <- c:
+	case <-q.done:
+		c.Close()
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
