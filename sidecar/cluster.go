@@ -73,6 +73,7 @@ type Cluster struct {
 	cfg  *Upstream
 	log  *slog.Logger
 	m    *Metrics
+	cm   *clusterMetrics
 
 	state      atomic.Pointer[pickState]
 	br         atomic.Pointer[breaker.Breaker]
@@ -116,6 +117,7 @@ func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger)
 		cfg:      u,
 		log:      log.With("upstream", u.Service),
 		m:        m,
+		cm:       m.cluster(u.Service),
 		tp:       tp,
 		inbound:  u.noOutlier,
 		hosts:    map[string]*Host{},

@@ -168,7 +168,7 @@ func (c *Cluster) dialer(d *net.Dialer) func(ctx context.Context, network, addr 
 				od.Record(outlier.ConnectSuccess)
 			}
 		}
-		c.m.cxActive.WithLabelValues(c.Name).Inc()
+		c.cm.cxActive.Inc()
 		return &countedConn{Conn: conn, c: c, br: br, h: h}, nil
 	}
 }
@@ -193,7 +193,7 @@ func (cc *countedConn) Close() error {
 		if cc.h != nil {
 			cc.h.CxActive.Add(-1)
 		}
-		cc.c.m.cxActive.WithLabelValues(cc.c.Name).Dec()
+		cc.c.cm.cxActive.Dec()
 	}
 	return cc.Conn.Close()
 }
@@ -260,7 +260,7 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			req.Body = guard
 		}
 	}
-	c.m.rqActive.WithLabelValues(c.Name).Inc()
+	c.cm.rqActive.Inc()
 
 	var prev *Host
 	var lastErr error
@@ -273,7 +273,7 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 				break // the previous failure stands, as in Envoy
 			}
 			retried = true
-			c.m.retries.WithLabelValues(c.Name).Inc()
+			c.cm.retries.Inc()
 			if !sleepBackoff(ctx, attempt, t.backoffBase, t.backoffMax) {
 				br.ReleaseRetry()
 				lastErr = &upstreamError{kind: classify(ctx.Err(), ctx), err: ctx.Err()}
@@ -285,7 +285,7 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			if attempt > 0 {
 				br.ReleaseRetry()
 			}
-			c.m.noHealthy.WithLabelValues(c.Name).Inc()
+			c.cm.noHealthy.Inc()
 			if !t.inbound {
 				_, span := c.tp.StartClient(ctx, req, up, attempt)
 				tracing.EndHTTP(span, 0, tracing.OutcomeNoHealthyUpstream)
@@ -361,7 +361,7 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			}
 			break
 		}
-		c.m.rqDuration.WithLabelValues(c.Name).Observe(time.Since(start).Seconds())
+		c.cm.rqDuration.Observe(time.Since(start).Seconds())
 		h.m.class[statusClass(resp.StatusCode)].Inc()
 		if resp.StatusCode >= 500 {
 			h.RqError.Add(1)
@@ -399,7 +399,7 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			retry: attempt > 0, span: span, resp: resp, grpc: isGRPC, outcome: o}
 		return resp, nil
 	}
-	c.m.rqActive.WithLabelValues(c.Name).Dec()
+	c.cm.rqActive.Dec()
 	br.ReleaseRequest()
 	if lastErr == nil {
 		lastErr = &upstreamError{kind: failReset, err: io.ErrUnexpectedEOF}
@@ -551,7 +551,7 @@ func (b *doneBody) Close() error {
 			b.br.ReleaseRetry()
 		}
 		b.br.ReleaseRequest()
-		b.c.m.rqActive.WithLabelValues(b.c.Name).Dec()
+		b.c.cm.rqActive.Dec()
 		if b.span != nil {
 			if b.grpc {
 				tracing.EndGRPC(b.span, b.resp.StatusCode, tracing.GRPCStatus(b.resp.Header, b.resp.Trailer), b.outcome)

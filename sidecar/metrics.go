@@ -31,6 +31,25 @@ type Metrics struct {
 	hosts map[[2]string]*hostMetrics
 }
 
+// clusterMetrics are the per-upstream series, bound once.
+type clusterMetrics struct {
+	rqActive   prometheus.Gauge
+	cxActive   prometheus.Gauge
+	retries    prometheus.Counter
+	noHealthy  prometheus.Counter
+	rqDuration prometheus.Observer
+}
+
+func (m *Metrics) cluster(name string) *clusterMetrics {
+	return &clusterMetrics{
+		rqActive:   m.rqActive.WithLabelValues(name),
+		cxActive:   m.cxActive.WithLabelValues(name),
+		retries:    m.retries.WithLabelValues(name),
+		noHealthy:  m.noHealthy.WithLabelValues(name),
+		rqDuration: m.rqDuration.WithLabelValues(name),
+	}
+}
+
 // hostMetrics are the per-endpoint series, bound once.
 type hostMetrics struct {
 	class [6]prometheus.Counter // index status/100 (0 = no response)

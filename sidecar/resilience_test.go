@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -416,4 +417,40 @@ func TestPickWithWrappersAllocs(t *testing.T) {
 	if n != 0 {
 		t.Fatalf("pick with wrappers allocates %v per op", n)
 	}
+}
+
+// An endpoint that refuses connections is ejected on consecutive local-origin
+// failures, and retries on connect-failure hide it from the client meanwhile.
+func TestRefusingEndpointEjected(t *testing.T) {
+	good := startBackend(t, "good", nil)
+	dead := deadAddr(t)
+	s, _ := startSidecar(t, `
+admin: 127.0.0.1:0
+discovery: {file: "{{EP}}"}
+upstreams:
+  - service: api
+    listen: 127.0.0.1:0
+    outlier_detection: {consecutive_local_origin_failure: 3, split_external_local_origin_errors: true, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 50}
+`, endpointsYAML("api", good.addr, 1, dead, 1))
+	c := h1Client()
+	for i := 0; i < 40; i++ {
+		resp, body := get(t, c, "http://"+s.UpstreamAddr("api")+"/")
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %q (the default retry on connect-failure should hide the refusing endpoint)", i, resp.StatusCode, body)
+		}
+	}
+	e := endpointHealth(t, s, dead)
+	if e.Health != "ejected" || e.EjectionsTotal != 1 || e.RqError != 3 {
+		t.Fatalf("refusing endpoint: %+v, want ejected after exactly 3 connect failures", e)
+	}
+}
+
+func deadAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }

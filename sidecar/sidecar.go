@@ -307,6 +307,14 @@ func (s *Sidecar) UpstreamAddr(service string) string {
 	return ""
 }
 
+// XDSAddr is the bound embedded xDS server, or "".
+func (s *Sidecar) XDSAddr() string {
+	if s.xdsLn == nil {
+		return ""
+	}
+	return s.xdsLn.Addr().String()
+}
+
 // TransparentAddr is the bound transparent listener, or "".
 func (s *Sidecar) TransparentAddr() string {
 	if s.transLn == nil {

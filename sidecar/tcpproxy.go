@@ -83,7 +83,7 @@ func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*
 	for attempt := 0; attempt <= *c.cfg.RetryPolicy.NumRetries; attempt++ {
 		h, _, err := c.pick(info, prev)
 		if err != nil {
-			c.m.noHealthy.WithLabelValues(c.Name).Inc()
+			c.cm.noHealthy.Inc()
 			return nil, nil, err
 		}
 		prev = h
@@ -142,11 +142,11 @@ func (p *tcpProxy) handle(down net.Conn) {
 	tracing.SetEndpoint(span, h.Addr)
 	h.Active.Add(1)
 	h.CxActive.Add(1)
-	c.m.cxActive.WithLabelValues(c.Name).Inc()
+	c.cm.cxActive.Inc()
 	defer func() {
 		h.Active.Add(-1)
 		h.CxActive.Add(-1)
-		c.m.cxActive.WithLabelValues(c.Name).Dec()
+		c.cm.cxActive.Dec()
 	}()
 	p.track(up, true)
 	defer p.track(up, false)

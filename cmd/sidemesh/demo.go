@@ -75,25 +75,47 @@ func demo(stdout, stderr io.Writer, keep bool, n int, policy string) error {
 	if err := os.WriteFile(epFile, []byte(eps), 0o644); err != nil {
 		return err
 	}
-	admin := "127.0.0.1:0"
-	listen := "127.0.0.1:0"
+	// The control plane: a sidecar whose file discovery feeds its embedded
+	// xDS server. The demo sidecar learns the endpoints over xDS from it.
+	cpCfg, err := sidecar.Parse("control-plane.yaml", []byte(fmt.Sprintf(`node: demo-control-plane
+admin: 127.0.0.1:0
+discovery:
+  file: %s
+xds_server: {listen: 127.0.0.1:0}
+upstreams:
+  - service: demo
+    lb_policy: %s
+`, epFile, policy)))
+	if err != nil {
+		return err
+	}
+	quiet := newLogger(io.Discard, "error")
+	cp, err := sidecar.New(cpCfg, sidecar.Options{Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if err := cp.Start(); err != nil {
+		return err
+	}
+	defer cp.Shutdown(context.Background())
+
+	admin, listen := "127.0.0.1:0", "127.0.0.1:0"
 	if keep {
 		admin, listen = "127.0.0.1:15000", "127.0.0.1:9001"
 	}
 	cfgText := fmt.Sprintf(`node: demo-1
 admin: %s
 discovery:
-  file: %s
+  xds: {address: %s}
 upstreams:
   - service: demo
     listen: %s
-    lb_policy: %s
-`, admin, epFile, listen, policy)
+`, admin, cp.XDSAddr(), listen)
 	cfg, err := sidecar.Parse("demo.yaml", []byte(cfgText))
 	if err != nil {
 		return err
 	}
-	sc, err := sidecar.New(cfg, sidecar.Options{Logger: newLogger(io.Discard, "error")})
+	sc, err := sidecar.New(cfg, sidecar.Options{Logger: quiet})
 	if err != nil {
 		return err
 	}
@@ -106,8 +128,15 @@ upstreams:
 	if err := sc.WaitReady(ctx); err != nil {
 		return fmt.Errorf("sidecar not ready: %w", err)
 	}
+	// The lb_policy arrives with the cluster over CDS; wait for it too.
+	for sc.Cluster("demo").Status().LBPolicy != policy {
+		if ctx.Err() != nil {
+			return fmt.Errorf("cluster settings did not arrive over xDS")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	url := "http://" + sc.UpstreamAddr("demo") + "/"
-	fmt.Fprintf(stdout, "sidemesh demo: 3 backends weighted 1:3:6, lb_policy %s, %d requests through %s\n\n", policy, n, url)
+	fmt.Fprintf(stdout, "sidemesh demo: 3 backends weighted 1:3:6 in an endpoints file, served by an embedded xDS server (%s)\nto a sidecar; lb_policy %s; %d requests through %s\n\n", cp.XDSAddr(), policy, n, url)
 
 	counts := map[string]int{}
 	var mu sync.Mutex
