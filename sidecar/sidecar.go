@@ -28,7 +28,26 @@ type Options struct {
 	Logger *slog.Logger
 	// Source overrides the configured discovery source (tests, demo).
 	Source discovery.Source
+	// Engine overrides the HTTP proxy engine (default: ReverseProxyEngine).
+	Engine Engine
 }
+
+// Engine is the seam between balancing and HTTP mechanism: it turns a
+// cluster into the handler that serves the cluster's HTTP listeners. The
+// engine sees the cluster only through its request-path methods (pick,
+// breaker, outlier feedback), so a leaner HTTP/1 codec can replace the
+// standard-library one without touching balancing or discovery.
+type Engine interface {
+	HTTPHandler(c *Cluster) http.Handler
+}
+
+// ReverseProxyEngine is the default engine: net/http/httputil.ReverseProxy
+// (Rewrite hook, pooled buffers) over a tuned, pooled transport per cluster
+// whose RoundTrip does the picking, retries and accounting.
+type ReverseProxyEngine struct{}
+
+// HTTPHandler implements Engine.
+func (ReverseProxyEngine) HTTPHandler(c *Cluster) http.Handler { return newUpstreamHandler(c) }
 
 // Sidecar is one running data plane.
 type Sidecar struct {
@@ -41,6 +60,7 @@ type Sidecar struct {
 	byName   map[string]*Cluster
 	inbound  *Cluster
 	tp       *tracing.Provider
+	engine   Engine
 
 	hmu           sync.Mutex
 	tcpByCluster  map[*Cluster]*tcpProxy
@@ -83,6 +103,10 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: log, m: newMetrics(), byName: map[string]*Cluster{}, quit: make(chan struct{}),
 		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
+	s.engine = opts.Engine
+	if s.engine == nil {
+		s.engine = ReverseProxyEngine{}
+	}
 	s.src = opts.Source
 	if s.src == nil {
 		src, err := s.newSource()
@@ -220,7 +244,7 @@ func (s *Sidecar) handlerFor(c *Cluster) http.Handler {
 	if h, ok := s.httpByCluster[c]; ok {
 		return h
 	}
-	h := s.wrapHandler(c, newUpstreamHandler(c))
+	h := s.wrapHandler(c, s.engine.HTTPHandler(c))
 	s.httpByCluster[c] = h
 	return h
 }

@@ -1,6 +1,3 @@
-// Command sidemesh is the one binary: a sidecar (run), an xDS server (xds),
-// the embedded demo (demo), transparent-capture rules (iptables), manifest
-// injection (inject) and its version (version).
 package main
 
 import (
