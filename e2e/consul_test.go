@@ -599,9 +599,14 @@ upstreams:
 	tReg := time.Now()
 	t.Logf("restart: agent up %v after the restart began; registration restored %v after the agent was up (%v after the restart began)",
 		tUp.Sub(tRestart).Round(time.Millisecond), tReg.Sub(tUp).Round(time.Millisecond), tReg.Sub(tRestart).Round(time.Millisecond))
-	if v, _ := consulMetric(t, sc, `sidemesh_consul_registrations_total`); v < 2 {
-		t.Errorf("sidemesh_consul_registrations_total = %v, want >= 2 after a restore", v)
-	}
+	// The agent may answer before the sidecar has read its own register
+	// call's response: poll.
+	testenv.Eventually(t, 10*time.Second, "sidemesh_consul_registrations_total counts the restore", func() error {
+		if v, _ := consulMetric(t, sc, `sidemesh_consul_registrations_total`); v < 2 {
+			return fmt.Errorf("sidemesh_consul_registrations_total = %v, want >= 2", v)
+		}
+		return nil
+	})
 	// The restarted agent knows no backends: say so in the log, then
 	// register them again with changed weights.
 	t.Logf("restart: before the backends are registered again /clusters api has %d endpoint(s)", len(sc.Cluster(t, "api").Endpoints))
@@ -610,10 +615,10 @@ upstreams:
 	consulRegister(t, cc, "api", "api-b", b, api.AgentWeights{Passing: 1, Warning: 1}, nil)
 	consulWaitWeights(t, sc, "api", map[string]uint32{a.Addr: 3, b.Addr: 1}, 15*time.Second)
 	follow := time.Since(t0)
+	// Not held to consulFollowBound: the source may still be in its
+	// reconnect back-off (full jitter, at most DefaultMaxBackoff = 5 s after
+	// its last failed query) when the backends come back.
 	t.Logf("restart: new weights followed %v after the re-registration", follow.Round(time.Millisecond))
-	if follow > consulFollowBound {
-		t.Errorf("new weights after the restart followed in %v, want within %v", follow, consulFollowBound)
-	}
 	if cv := sc.Cluster(t, "api"); cv.DiscoveryError != "" {
 		t.Errorf("discovery_error still %q after recovery", cv.DiscoveryError)
 	}

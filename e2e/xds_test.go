@@ -185,6 +185,11 @@ type xdsClusterInfo struct {
 			Limit uint64 `json:"limit"`
 		} `json:"requests"`
 	} `json:"circuit_breakers"`
+	Endpoints []struct {
+		Address         string `json:"address"`
+		Weight          uint32 `json:"weight"`
+		EffectiveWeight uint32 `json:"effective_weight"`
+	} `json:"endpoints"`
 }
 
 func xdsCluster(t testing.TB, s *Sidecar, name string) xdsClusterInfo {
@@ -205,11 +210,15 @@ func xdsCluster(t testing.TB, s *Sidecar, name string) xdsClusterInfo {
 	return xdsClusterInfo{}
 }
 
-// xdsWeightsErr is nil when B's /clusters shows exactly want for svc.
+// xdsWeightsErr is nil when B's /clusters shows exactly want for svc, in
+// the endpoint set and in the picker in force (effective_weight).
 func xdsWeightsErr(t testing.TB, s *Sidecar, svc string, want map[string]uint32) error {
 	t.Helper()
 	got := map[string]uint32{}
-	for _, ep := range s.Cluster(t, svc).Endpoints {
+	for _, ep := range xdsCluster(t, s, svc).Endpoints {
+		if ep.EffectiveWeight != ep.Weight {
+			return fmt.Errorf("%s: weight %d, effective_weight %d (picker not rebuilt yet)", ep.Address, ep.Weight, ep.EffectiveWeight)
+		}
 		got[ep.Address] = ep.Weight
 	}
 	if len(got) != len(want) {

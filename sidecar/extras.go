@@ -27,7 +27,7 @@ func (s *Sidecar) setupTracing() error {
 		name = s.cfg.Service.Name
 	}
 	tp, err := tracing.Setup(context.Background(), s.cfg.Tracing,
-		tracing.Resource{ServiceName: name, InstanceID: s.cfg.Node, Version: Version}, s.log.With("component", "tracing"))
+		tracing.Resource{ServiceName: name, InstanceID: s.cfg.Node, Version: Version}, s.log) // Setup adds component=tracing
 	if err != nil {
 		return err
 	}
@@ -126,6 +126,20 @@ func (s *Sidecar) stopExtras() {
 func (s *Sidecar) extraDump(out map[string]any) {
 	if s.xdsCli != nil {
 		out["xds_client"] = s.xdsCli.Stats()
+		// What each upstream runs with after merging the control plane's
+		// cluster settings under the file's own keys.
+		eff := map[string]any{}
+		for _, c := range s.clusters {
+			c.mu.Lock()
+			e := map[string]any{"lb_policy": c.lbPolicy, "healthy_panic_threshold": c.panicPct,
+				"connect_timeout": c.connectTimeout().String(), "circuit_breakers": c.breaker().Stats()}
+			if c.lastCDS != nil {
+				e["from_xds"] = c.lastCDS
+			}
+			c.mu.Unlock()
+			eff[c.Name] = e
+		}
+		out["effective_clusters"] = eff
 	}
 	if s.xdsSrv != nil {
 		out["xds_server"] = s.xdsSrv.Stats()

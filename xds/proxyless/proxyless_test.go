@@ -2,13 +2,6 @@
 // balancers (google.golang.org/grpc/xds) reach backends through
 // xds:///SERVICE as served by our xds.Server. It lives in its own package
 // because grpc's xDS support registers process-wide state.
-//
-// google.golang.org/grpc/xds needs modules that are not in go.mod yet
-// (github.com/spiffe/go-spiffe/v2 and what it pulls in), so the test is
-// behind the "proxyless" build tag until they are added:
-//
-//	go get google.golang.org/grpc/xds@v1.85.0   # adds them to go.mod/go.sum
-//	go test -race -tags proxyless ./xds/proxyless/
 package proxyless_test
 
 import (
