@@ -41,7 +41,7 @@ const (
 	consulLoadC          = 8
 )
 
-// consulBackend registers b under service/id with the given weights and an
+// consulRegister registers b under service/id with the given weights and an
 // optional check.
 func consulRegister(t testing.TB, c *api.Client, service, id string, b *Backend, w api.AgentWeights, check *api.AgentServiceCheck) {
 	t.Helper()

@@ -525,7 +525,13 @@ func (c *Cluster) Status() ClusterStatus {
 	}
 	if c.ambientErr != nil {
 		cs.DiscoveryError = c.ambientErr.Error()
-		cs.StaleSeconds = time.Since(c.ambientSince).Seconds()
+		// How old the data in service is: since the source last vouched
+		// for it (the same clock as sidemesh_discovery_stale_seconds).
+		since := c.lastFresh
+		if since.IsZero() {
+			since = c.ambientSince
+		}
+		cs.StaleSeconds = time.Since(since).Seconds()
 	}
 	if c.resourceErr != nil {
 		cs.ResourceError = c.resourceErr.Error()
