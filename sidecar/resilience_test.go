@@ -261,7 +261,7 @@ discovery: {file: "{{EP}}"}
 upstreams:
   - service: api
     listen: 127.0.0.1:0
-    health_check: {http: /healthz, interval: 50ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 2}
+    health_check: {http: /healthz, interval: 50ms, no_traffic_interval: 50ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 2}
 `, endpointsYAML("api", good.addr, 1, flaky.addr, 1))
 	c := h1Client()
 	url := "http://" + s.UpstreamAddr("api") + "/"
@@ -306,7 +306,7 @@ upstreams:
   - service: api
     listen: 127.0.0.1:0
     healthy_panic_threshold: 50
-    health_check: {http: /healthz, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1}
+    health_check: {http: /healthz, interval: 50ms, no_traffic_interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1}
 `, endpointsYAML("api", a.addr, 1, b.addr, 1, c3.addr, 1))
 	eventually(t, 10*time.Second, "all healthy", func() bool { return clusterStatus(t, s, "api").HealthyHosts == 3 })
 	if clusterStatus(t, s, "api").Panic {

@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# bench/run.sh — side-by-side benchmark of sidemesh against HAProxy and nginx
+# on loopback (HTTP/1.1, 100-byte responses). Method and how to read the
+# numbers: bench/README.md. Prints a markdown table and writes it to
+# bench/results/latest.md.
+#
+# Knobs (environment):
+#   BENCH_ROUNDS=2      rounds over all setups; the table shows each setup's best round
+#   BENCH_DURATION=5s   measured window per closed-loop and per open-loop run
+#   BENCH_WARMUP=1s     unmeasured warm-up before each window
+#   BENCH_CONNS=32      connections of the closed loop (throughput)
+#   BENCH_RATE=2000     requests per second of the open loop (latency)
+#   BENCH_OPEN_CONNS=32 connections of the open loop (= max in flight)
+#   BENCH_ONLY="direct sidemesh haproxy nginx sidemesh-tcp haproxy-tcp"
+#   BENCH_NO_INSTALL=1  do not apt-get install missing peers (skip them)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${BENCH_ROUNDS:-2}
+DUR=${BENCH_DURATION:-5s}
+WARMUP=${BENCH_WARMUP:-1s}
+CONNS=${BENCH_CONNS:-32}
+RATE=${BENCH_RATE:-2000}
+OPEN_CONNS=${BENCH_OPEN_CONNS:-32}
+ONLY=${BENCH_ONLY:-direct sidemesh haproxy nginx sidemesh-tcp haproxy-tcp}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/sidemesh-bench.XXXXXX")
+PIDS=()
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do
+		kill "$p" 2>/dev/null || true
+	done
+	for p in "${PIDS[@]}"; do
+		wait "$p" 2>/dev/null || true
+	done
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+declare -A SKIP=() PROXY_PIDS=() PORT=()
+
+# ---- tools under test ----------------------------------------------------
+
+if [ ! -x bin/sidemesh ]; then
+	log "bench: bin/sidemesh missing; running make build"
+	make build >&2
+fi
+log "bench: building bench/loadgen and bench/backend"
+go build -o "$TMP/loadgen" ./bench/loadgen
+go build -o "$TMP/backend" ./bench/backend
+LOADGEN=$TMP/loadgen
+
+install_peers() {
+	local missing=()
+	command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+	command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ -n "${BENCH_NO_INSTALL:-}" ]; then
+		log "bench: ${missing[*]} missing and BENCH_NO_INSTALL set"
+		return 0
+	fi
+	if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+		log "bench: ${missing[*]} missing; cannot apt-get install (not root or no apt-get)"
+		return 0
+	fi
+	log "bench: apt-get install -y ${missing[*]}"
+	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >"$TMP/apt.log" 2>&1; then
+		log "bench: apt-get install failed; trying apt-get update first"
+		DEBIAN_FRONTEND=noninteractive apt-get update >>"$TMP/apt.log" 2>&1 || true
+		DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >>"$TMP/apt.log" 2>&1 ||
+			log "bench: apt-get install failed: $(tail -n 1 "$TMP/apt.log")"
+	fi
+}
+install_peers
+HAPROXY=$(command -v haproxy || true)
+NGINX=$(command -v nginx || true)
+[ -z "$HAPROXY" ] && SKIP[haproxy]="haproxy not installed (apt-get install failed or disabled)" && SKIP[haproxy-tcp]=${SKIP[haproxy]}
+[ -z "$NGINX" ] && SKIP[nginx]="nginx not installed (apt-get install failed or disabled)"
+
+# ---- pinning ---------------------------------------------------------------
+# Proxy alone on core 0; load generator and backend together on core 1.
+PIN_PROXY=() PIN_LOAD=()
+NCPU=$(nproc 2>/dev/null || echo 1)
+if command -v taskset >/dev/null 2>&1 && [ "$NCPU" -ge 2 ]; then
+	PIN_PROXY=(taskset -c 0)
+	PIN_LOAD=(taskset -c 1)
+	PINNING="proxy on core 0; load generator + backend on core 1"
+else
+	PINNING="not pinned (taskset missing or fewer than 2 CPUs)"
+fi
+
+# ---- processes -------------------------------------------------------------
+
+read -r P_BACKEND P_SM P_SM_ADMIN P_SMT P_SMT_ADMIN P_HA P_HAT P_NGX <<<"$("$LOADGEN" -free-ports 8)"
+PORT=([direct]=$P_BACKEND [sidemesh]=$P_SM [sidemesh-tcp]=$P_SMT [haproxy]=$P_HA [haproxy-tcp]=$P_HAT [nginx]=$P_NGX)
+
+# wait_ok ADDR PATH SECONDS: until one request answers 200.
+wait_ok() {
+	local i
+	for ((i = 0; i < $3 * 20; i++)); do
+		"$LOADGEN" -addr "$1" -path "$2" -probe 2>/dev/null && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+"${PIN_LOAD[@]}" env GOMAXPROCS=1 "$TMP/backend" -addr "127.0.0.1:$P_BACKEND" -size 100 >"$TMP/backend.log" 2>&1 &
+PIDS+=($!)
+wait_ok "127.0.0.1:$P_BACKEND" / 5 || { log "bench: backend did not start"; cat "$TMP/backend.log" >&2; exit 1; }
+
+cat >"$TMP/endpoints.yaml" <<EOF
+services:
+  backend:
+    - {address: 127.0.0.1:$P_BACKEND, weight: 1}
+EOF
+
+start_sidemesh() { # name protocol port admin
+	cat >"$TMP/$1.yaml" <<EOF
+node: bench-$1
+admin: 127.0.0.1:$4
+log_level: warn
+drain: {timeout: 100ms}
+discovery:
+  file: $TMP/endpoints.yaml
+upstreams:
+  - service: backend
+    listen: 127.0.0.1:$3
+    protocol: $2
+EOF
+	"${PIN_PROXY[@]}" env GOMAXPROCS=1 "$ROOT/bin/sidemesh" run -c "$TMP/$1.yaml" >"$TMP/$1.log" 2>&1 &
+	local pid=$!
+	PIDS+=("$pid")
+	if wait_ok "127.0.0.1:$4" /ready 10 && wait_ok "127.0.0.1:$3" / 5; then
+		PROXY_PIDS[$1]=$pid
+	else
+		SKIP[$1]="sidemesh did not become ready: $(tail -n 2 "$TMP/$1.log" | tr '\n' ' ')"
+	fi
+}
+
+start_haproxy() { # name mode port
+	cat >"$TMP/$1.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode $2
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+EOF
+	if [ "$2" = http ]; then
+		cat >>"$TMP/$1.cfg" <<EOF
+    option http-keep-alive
+    http-reuse always
+EOF
+	fi
+	cat >>"$TMP/$1.cfg" <<EOF
+frontend fe
+    bind 127.0.0.1:$3
+    default_backend be
+backend be
+    server s1 127.0.0.1:$P_BACKEND
+EOF
+	"${PIN_PROXY[@]}" "$HAPROXY" -db -f "$TMP/$1.cfg" >"$TMP/$1.log" 2>&1 &
+	local pid=$!
+	PIDS+=("$pid")
+	if wait_ok "127.0.0.1:$3" / 5; then
+		PROXY_PIDS[$1]=$pid
+	else
+		SKIP[$1]="haproxy did not start: $(tail -n 2 "$TMP/$1.log" | tr '\n' ' ')"
+	fi
+}
+
+start_nginx() { # port
+	mkdir -p "$TMP/nginx"
+	cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    upstream backend {
+        server 127.0.0.1:$P_BACKEND;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$1;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }
+    }
+}
+EOF
+	"${PIN_PROXY[@]}" "$NGINX" -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
+	local pid=$!
+	PIDS+=("$pid")
+	if wait_ok "127.0.0.1:$1" / 5; then
+		# master + worker: CPU and RSS are summed over both.
+		PROXY_PIDS[nginx]="$pid,$(pgrep -d, -P "$pid")"
+	else
+		SKIP[nginx]="nginx did not start: $(tail -n 2 "$TMP/nginx/error.log" "$TMP/nginx.log" 2>/dev/null | tr '\n' ' ')"
+	fi
+}
+
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+want sidemesh && start_sidemesh sidemesh http "$P_SM" "$P_SM_ADMIN"
+want sidemesh-tcp && start_sidemesh sidemesh-tcp tcp "$P_SMT" "$P_SMT_ADMIN"
+if [ -n "$HAPROXY" ]; then
+	want haproxy && start_haproxy haproxy http "$P_HA"
+	want haproxy-tcp && start_haproxy haproxy-tcp tcp "$P_HAT"
+fi
+[ -n "$NGINX" ] && want nginx && start_nginx "$P_NGX"
+
+# ---- measurement -------------------------------------------------------------
+
+RES=$TMP/results
+mkdir -p "$RES"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+measure() { # name round
+	local name=$1 r=$2 pids=${PROXY_PIDS[$1]:-}
+	local pidflag=()
+	[ -n "$pids" ] && pidflag=(-pids "$pids")
+	"${PIN_LOAD[@]}" env GOMAXPROCS=1 "$LOADGEN" -addr "127.0.0.1:${PORT[$name]}" -label "$name" \
+		-mode closed -c "$CONNS" -warmup "$WARMUP" -d "$DUR" -clk-tck "$CLK_TCK" "${pidflag[@]}" \
+		>"$RES/$name.$r.closed" 2>>"$RES/$name.err"
+	"${PIN_LOAD[@]}" env GOMAXPROCS=1 "$LOADGEN" -addr "127.0.0.1:${PORT[$name]}" -label "$name" \
+		-mode open -rate "$RATE" -c "$OPEN_CONNS" -warmup "$WARMUP" -d "$DUR" -clk-tck "$CLK_TCK" "${pidflag[@]}" \
+		>"$RES/$name.$r.open" 2>>"$RES/$name.err"
+	log "  $(cut -d' ' -f1,5-8 "$RES/$name.$r.closed") | open: $(cut -d' ' -f8-13 "$RES/$name.$r.open")"
+}
+
+SETUPS=()
+for s in direct sidemesh haproxy nginx sidemesh-tcp haproxy-tcp; do
+	want "$s" || continue
+	if [ -n "${SKIP[$s]:-}" ]; then
+		log "bench: skipping $s: ${SKIP[$s]}"
+		continue
+	fi
+	SETUPS+=("$s")
+done
+
+for ((r = 1; r <= ROUNDS; r++)); do
+	log "bench: round $r/$ROUNDS ($PINNING)"
+	for s in "${SETUPS[@]}"; do
+		measure "$s" "$r"
+	done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---- report ------------------------------------------------------------------
+
+# val FILE KEY
+val() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" "$1"; }
+# best KEY max|min MODE SETUP: the best value over the rounds.
+best() {
+	local f v out=()
+	for f in "$RES/$4".*."$3"; do
+		v=$(val "$f" "$1")
+		[ -n "$v" ] && out+=("$v")
+	done
+	[ ${#out[@]} -eq 0 ] && { echo nan; return; }
+	if [ "$2" = max ]; then printf '%s\n' "${out[@]}" | sort -g | tail -n 1; else printf '%s\n' "${out[@]}" | sort -g | head -n 1; fi
+}
+sum() { # KEY MODE SETUP: summed over rounds
+	local f t=0
+	for f in "$RES/$3".*."$2"; do t=$((t + $(val "$f" "$1"))); done
+	echo "$t"
+}
+
+declare -A LABEL=(
+	[direct]="direct (load generator → backend)"
+	[sidemesh]="sidemesh (\`protocol: http\`, GOMAXPROCS=1)"
+	[haproxy]="HAProxy $("$HAPROXY" -v 2>/dev/null | sed -n 's/^HAProxy version \([0-9.]*\).*/\1/p') (1 thread, mode http, http-reuse always)"
+	[nginx]="nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p') (1 worker, upstream keepalive)"
+	[sidemesh-tcp]="sidemesh (\`protocol: tcp\`, GOMAXPROCS=1)"
+	[haproxy-tcp]="HAProxy (1 thread, mode tcp)"
+)
+
+D_RPS=$(best rps max closed direct)
+D_P50=$(best p50_us min open direct)
+D_P99=$(best p99_us min open direct)
+
+row() {
+	local s=$1
+	local rps cpu cpuo cores p50 p99 rss errs
+	rps=$(best rps max closed "$s")
+	p50=$(best p50_us min open "$s")
+	p99=$(best p99_us min open "$s")
+	errs=$(($(sum errors closed "$s") + $(sum errors open "$s") + $(sum dropped open "$s")))
+	if [ "$s" = direct ]; then
+		printf '| %s | %.0f | 1.00 | – | – | – | %.3f ms | %.3f ms | – | %s |\n' \
+			"${LABEL[$s]}" "$rps" "$(awk -v a="$p50" 'BEGIN{print a/1000}')" "$(awk -v a="$p99" 'BEGIN{print a/1000}')" "$errs"
+		return
+	fi
+	cpu=$(best cpu_us_per_req min closed "$s")
+	cpuo=$(best cpu_us_per_req min open "$s")
+	cores=$(best cpu_cores max closed "$s")
+	rss=$(best rss_kb max closed "$s")
+	awk -v l="${LABEL[$s]}" -v rps="$rps" -v drps="$D_RPS" -v cpu="$cpu" -v cpuo="$cpuo" -v cores="$cores" \
+		-v p50="$p50" -v p99="$p99" -v d50="$D_P50" -v d99="$D_P99" -v rss="$rss" -v errs="$errs" 'BEGIN{
+		printf "| %s | %.0f | %.2f | %.1f µs | %.1f µs | %.2f | %+.3f ms | %+.3f ms | %.1f MB | %s |\n",
+			l, rps, rps/drps, cpu, cpuo, cores, (p50-d50)/1000, (p99-d99)/1000, rss/1024, errs }'
+}
+
+{
+	echo "## sidemesh side-by-side benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo
+	echo "HTTP/1.1 over loopback, 100-byte response body, keep-alive. $PINNING."
+	echo "Throughput: closed loop, $CONNS connections, $DUR per run. Latency: open loop at $RATE rps,"
+	echo "$OPEN_CONNS connections (= max in flight), $DUR per run; *added* = proxied minus direct."
+	echo "Best of $ROUNDS rounds per cell. Proxy CPU per request = the proxy's user+system time"
+	echo "(/proc/PID/stat) over the window divided by the requests completed in it."
+	echo
+	echo "| setup | req/s (closed loop) | vs direct | proxy CPU per request (saturated) | proxy CPU per request (at $RATE rps) | proxy cores busy (saturated) | p50 at $RATE rps | p99 at $RATE rps | proxy RSS | errors |"
+	echo "|---|---|---|---|---|---|---|---|---|---|"
+	for s in "${SETUPS[@]}"; do row "$s"; done
+	for s in $ONLY; do
+		[ -n "${SKIP[$s]:-}" ] && echo "| ${LABEL[$s]:-$s} | skipped: ${SKIP[$s]} |||||||||"
+	done
+	echo
+	echo "Machine: $NCPU × $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), load average $LOAD_BEFORE before, $LOAD_AFTER after"
+	echo "(the cores may be shared with other work; see bench/README.md on noise)."
+	echo "Versions: $("$ROOT/bin/sidemesh" version 2>/dev/null | head -n 1), $(go version | cut -d' ' -f3)."
+	echo
+	echo "<details><summary>raw runs (loadgen output)</summary>"
+	echo
+	echo '```'
+	for s in "${SETUPS[@]}"; do
+		cat "$RES/$s".*.closed "$RES/$s".*.open
+	done
+	echo '```'
+	echo "</details>"
+} >"$TMP/table.md"
+
+for s in "${SETUPS[@]}"; do
+	if [ -s "$RES/$s.err" ]; then
+		log "bench: $s reported errors:"
+		sort "$RES/$s.err" | uniq -c | head -n 5 >&2
+	fi
+done
+mkdir -p bench/results
+cp "$TMP/table.md" bench/results/latest.md
+echo
+cat "$TMP/table.md"
+echo
+echo "(written to bench/results/latest.md)"
