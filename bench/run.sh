@@ -111,6 +111,7 @@ wait_ok() {
 
 "${PIN_LOAD[@]}" env GOMAXPROCS=1 "$TMP/backend" -addr "127.0.0.1:$P_BACKEND" -size 100 >"$TMP/backend.log" 2>&1 &
 PIDS+=($!)
+BACKEND_PID=$!
 wait_ok "127.0.0.1:$P_BACKEND" / 5 || { log "bench: backend did not start"; cat "$TMP/backend.log" >&2; exit 1; }
 
 cat >"$TMP/endpoints.yaml" <<EOF
@@ -146,7 +147,7 @@ start_haproxy() { # name mode port
 	cat >"$TMP/$1.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
 defaults
     mode $2
     timeout connect 5s
@@ -238,8 +239,8 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 measure() { # name round
 	local name=$1 r=$2 pids=${PROXY_PIDS[$1]:-}
-	local pidflag=()
-	[ -n "$pids" ] && pidflag=(-pids "$pids")
+	local pidflag=(-aux-pids "$BACKEND_PID")
+	[ -n "$pids" ] && pidflag+=(-pids "$pids")
 	"${PIN_LOAD[@]}" env GOMAXPROCS=1 "$LOADGEN" -addr "127.0.0.1:${PORT[$name]}" -label "$name" \
 		-mode closed -c "$CONNS" -warmup "$WARMUP" -d "$DUR" -clk-tck "$CLK_TCK" "${pidflag[@]}" \
 		>"$RES/$name.$r.closed" 2>>"$RES/$name.err"
@@ -281,6 +282,11 @@ best() {
 	[ ${#out[@]} -eq 0 ] && { echo nan; return; }
 	if [ "$2" = max ]; then printf '%s\n' "${out[@]}" | sort -g | tail -n 1; else printf '%s\n' "${out[@]}" | sort -g | head -n 1; fi
 }
+# best_file KEY max|min MODE SETUP: the round file holding the best value.
+best_file() {
+	local f
+	for f in "$RES/$4".*."$3"; do echo "$(val "$f" "$1") $f"; done | sort -g | if [ "$2" = max ]; then tail -n 1; else head -n 1; fi | cut -d" " -f2
+}
 sum() { # KEY MODE SETUP: summed over rounds
 	local f t=0
 	for f in "$RES/$3".*."$2"; do t=$((t + $(val "$f" "$1"))); done
@@ -302,7 +308,7 @@ D_P99=$(best p99_us min open direct)
 
 row() {
 	local s=$1
-	local rps cpu cpuo cores p50 p99 rss errs
+	local rps cpu cpuo sys syso cores p50 p99 rss errs f
 	rps=$(best rps max closed "$s")
 	p50=$(best p50_us min open "$s")
 	p99=$(best p99_us min open "$s")
@@ -312,14 +318,16 @@ row() {
 			"${LABEL[$s]}" "$rps" "$(awk -v a="$p50" 'BEGIN{print a/1000}')" "$(awk -v a="$p99" 'BEGIN{print a/1000}')" "$errs"
 		return
 	fi
-	cpu=$(best cpu_us_per_req min closed "$s")
-	cpuo=$(best cpu_us_per_req min open "$s")
+	f=$(best_file cpu_us_per_req min closed "$s")
+	cpu=$(val "$f" cpu_us_per_req) sys=$(val "$f" sys_us_per_req)
+	f=$(best_file cpu_us_per_req min open "$s")
+	cpuo=$(val "$f" cpu_us_per_req) syso=$(val "$f" sys_us_per_req)
 	cores=$(best cpu_cores max closed "$s")
 	rss=$(best rss_kb max closed "$s")
-	awk -v l="${LABEL[$s]}" -v rps="$rps" -v drps="$D_RPS" -v cpu="$cpu" -v cpuo="$cpuo" -v cores="$cores" \
+	awk -v l="${LABEL[$s]}" -v rps="$rps" -v drps="$D_RPS" -v cpu="$cpu" -v cpuo="$cpuo" -v sys="$sys" -v syso="$syso" -v cores="$cores" \
 		-v p50="$p50" -v p99="$p99" -v d50="$D_P50" -v d99="$D_P99" -v rss="$rss" -v errs="$errs" 'BEGIN{
-		printf "| %s | %.0f | %.2f | %.1f µs | %.1f µs | %.2f | %+.3f ms | %+.3f ms | %.1f MB | %s |\n",
-			l, rps, rps/drps, cpu, cpuo, cores, (p50-d50)/1000, (p99-d99)/1000, rss/1024, errs }'
+		printf "| %s | %.0f | %.2f | %.1f µs (%.0f user + %.0f sys) | %.1f µs (%.0f + %.0f) | %.2f | %+.3f ms | %+.3f ms | %.1f MB | %s |\n",
+			l, rps, rps/drps, cpu, cpu-sys, sys, cpuo, cpuo-syso, syso, cores, (p50-d50)/1000, (p99-d99)/1000, rss/1024, errs }'
 }
 
 {
@@ -331,11 +339,23 @@ row() {
 	echo "Best of $ROUNDS rounds per cell. Proxy CPU per request = the proxy's user+system time"
 	echo "(/proc/PID/stat) over the window divided by the requests completed in it."
 	echo
-	echo "| setup | req/s (closed loop) | vs direct | proxy CPU per request (saturated) | proxy CPU per request (at $RATE rps) | proxy cores busy (saturated) | p50 at $RATE rps | p99 at $RATE rps | proxy RSS | errors |"
+	echo "| setup | req/s (closed loop) | vs direct | proxy CPU per request, saturated (user + sys µs) | proxy CPU per request at $RATE rps | proxy cores busy (saturated) | p50 at $RATE rps (direct: absolute, proxies: added) | p99 at $RATE rps (same) | proxy RSS | errors |"
 	echo "|---|---|---|---|---|---|---|---|---|---|"
 	for s in "${SETUPS[@]}"; do row "$s"; done
 	for s in $ONLY; do
 		[ -n "${SKIP[$s]:-}" ] && echo "| ${LABEL[$s]:-$s} | skipped: ${SKIP[$s]} |||||||||"
+	done
+	echo
+	echo "Where the time went in the saturated run of the round with the best throughput (cores busy over the window):"
+	echo
+	echo "| setup | req/s | proxy | load generator + backend | core 0 (all work) | core 1 (all work) |"
+	echo "|---|---|---|---|---|---|"
+	for s in "${SETUPS[@]}"; do
+		f=$(best_file rps max closed "$s")
+		pc=$(val "$f" cpu_cores)
+		busy=$(val "$f" cpu_busy)
+		printf '| %s | %.0f | %s | %s | %s | %s |\n' "$s" "$(val "$f" rps)" "${pc:-–}" \
+			"$(val "$f" load_cores)" "$(cut -d/ -f1 <<<"$busy")" "$(cut -s -d/ -f2 <<<"$busy")"
 	done
 	echo
 	echo "Machine: $NCPU × $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), load average $LOAD_BEFORE before, $LOAD_AFTER after"

@@ -244,6 +244,11 @@ func (c *Cluster) onUpdate(s *discovery.Snapshot) {
 		c.mu.Unlock()
 		return // a confirmation: data still fresh
 	}
+	if c.snap != nil && c.snap.Equal(s) {
+		c.snap = s // a new version of the same endpoints: nothing to rebuild
+		c.mu.Unlock()
+		return
+	}
 	first := c.snap == nil && !c.haveFirst
 	c.snap = s
 	c.updates++

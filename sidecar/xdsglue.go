@@ -182,6 +182,13 @@ func (c *Cluster) applySettings(cs xds.ClusterSettings) {
 	c.rebuild()
 }
 
+// XDSApplied reports whether cluster settings have arrived over CDS.
+func (c *Cluster) XDSApplied() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastCDS != nil
+}
+
 // ControlPlane is `sidemesh xds`: the configured discovery source feeding
 // the embedded xDS server, with nothing else.
 type ControlPlane struct {

@@ -7,18 +7,25 @@
 // Closed loop (throughput): -c connections, each sends its next request as
 // soon as the previous response is read, for -d after -warmup.
 //
-// Open loop (latency at a fixed rate): requests are scheduled every 1/-rate
-// seconds and handed to -c persistent connections through a queue of at most
+// Open loop (latency at a fixed rate): a scheduler releases a request every
+// 1/-rate seconds to -c persistent connections through a queue of at most
 // -queue requests; a request that finds the queue full is dropped and
-// counted, never sent late on a new connection. So in-flight requests are
-// bounded by -c, connections by -c, waiting requests by -queue. Latency is
-// measured from the scheduled send time (so a stall in the system under test
-// counts for every request it delays: no coordinated omission) and, as a
-// second figure, from the actual write.
+// counted, never sent on an extra connection. So in-flight requests are
+// bounded by -c, connections by -c, waiting requests by -queue. Latency runs
+// from a request's release, so time spent waiting for a free connection
+// counts (a stall of the system under test delays every request behind it:
+// no coordinated omission); the latency from the actual write is reported
+// too (svc_*). Slots the scheduler reaches more than -max-lag late (the
+// generator itself was not running) are skipped and counted, not released
+// as a burst.
 //
 // -pids lists processes (the proxy) whose user+system CPU time
 // (/proc/PID/stat) is read at the start and the end of the measured window,
-// and whose RSS (/proc/PID/status) is read at the end.
+// and whose RSS (/proc/PID/status) is read at the end. -aux-pids (the
+// backend) and the generator itself are accounted as load_cores, and every
+// CPU's busy fraction over the window (/proc/stat, whatever ran on it) is
+// reported as cpu_busy, to tell which side was the bottleneck and how much
+// other work shared the cores.
 //
 // The result is one line of key=value pairs on stdout.
 //
@@ -59,6 +66,7 @@ func main() {
 		dur       = flag.Duration("d", 8*time.Second, "measured duration")
 		warmup    = flag.Duration("warmup", 2*time.Second, "unmeasured warm-up before the window")
 		pids      = flag.String("pids", "", "comma-separated PIDs whose CPU time and RSS to report")
+		auxPids   = flag.String("aux-pids", "", "comma-separated PIDs on the load side (the backend); their CPU plus this generator's is reported as load_cores")
 		clkTck    = flag.Int("clk-tck", 100, "clock ticks per second for /proc/PID/stat (getconf CLK_TCK)")
 		label     = flag.String("label", "", "label echoed in the output")
 		freePorts = flag.Int("free-ports", 0, "print this many free 127.0.0.1 TCP ports and exit")
@@ -77,14 +85,7 @@ func main() {
 	if *conns < 1 || *dur <= 0 || (*mode == "open" && (*rate <= 0 || *queue < 1)) {
 		fatal(errors.New("bad -c, -d, -rate or -queue"))
 	}
-	var procs []int
-	for _, f := range strings.FieldsFunc(*pids, func(r rune) bool { return r == ',' || r == ' ' }) {
-		p, err := strconv.Atoi(f)
-		if err != nil {
-			fatal(fmt.Errorf("-pids: %v", err))
-		}
-		procs = append(procs, p)
-	}
+	m := &meter{pids: parsePids("-pids", *pids), aux: append(parsePids("-aux-pids", *auxPids), os.Getpid()), clkTck: *clkTck}
 	req := []byte("GET " + *path + " HTTP/1.1\r\nHost: " + *host + "\r\nUser-Agent: sidemesh-bench\r\n\r\n")
 	g := &gen{addr: *addr, req: req}
 	if *probe {
@@ -100,9 +101,9 @@ func main() {
 	var res result
 	switch *mode {
 	case "closed":
-		res = g.closed(*conns, *warmup, *dur, procs, *clkTck)
+		res = g.closed(*conns, *warmup, *dur, m)
 	case "open":
-		res = g.open(*conns, *rate, *queue, *maxLag, *warmup, *dur, procs, *clkTck)
+		res = g.open(*conns, *rate, *queue, *maxLag, *warmup, *dur, m)
 	default:
 		fatal(fmt.Errorf("-mode %q: want closed or open", *mode))
 	}
@@ -359,7 +360,8 @@ func (h *hist) quantile(q float64) float64 {
 // ---- process accounting ----
 
 type procSample struct {
-	cpuTicks uint64
+	cpuTicks uint64 // user + system
+	sysTicks uint64
 	rssKB    uint64
 	hwmKB    uint64
 }
@@ -381,6 +383,7 @@ func sampleProcs(pids []int) (procSample, error) {
 		ut, _ := strconv.ParseUint(f[11], 10, 64)
 		st, _ := strconv.ParseUint(f[12], 10, 64)
 		s.cpuTicks += ut + st
+		s.sysTicks += st
 		st2, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 		if err != nil {
 			return s, err
@@ -415,11 +418,14 @@ type result struct {
 	skipped     uint64
 	lat, svc    hist
 	procs       bool
-	cpu         float64 // seconds
+	cpu         float64 // seconds, user + system
+	cpuSys      float64 // seconds, system
 	rssKB       uint64
 	hwmKB       uint64
 	lastErr     string
-	schedLag    *hist // open loop: release time minus scheduled time
+	schedLag    *hist     // open loop: release time minus scheduled time
+	loadCores   float64   // CPU of the load side (backend + generator), in cores
+	cpuBusy     []float64 // per CPU, busy fraction of the window (everything running on it)
 }
 
 func (r *result) print(w io.Writer) {
@@ -433,13 +439,19 @@ func (r *result) print(w io.Writer) {
 		fmt.Fprintf(w, " target_rps=%s skipped=%d sched_lag_p50_us=%s sched_lag_p99_us=%s", f(r.rate), r.skipped, f(r.schedLag.quantile(0.5)), f(r.schedLag.quantile(0.99)))
 	}
 	if r.procs {
-		per := math.NaN()
+		per, sys := math.NaN(), math.NaN()
 		if r.requests > 0 {
 			per = r.cpu / float64(r.requests) * 1e6
+			sys = r.cpuSys / float64(r.requests) * 1e6
 		}
-		fmt.Fprintf(w, " cpu_s=%.2f cpu_us_per_req=%s cpu_cores=%.3f rss_kb=%d hwm_kb=%d",
-			r.cpu, f(per), r.cpu/r.elapsed.Seconds(), r.rssKB, r.hwmKB)
+		fmt.Fprintf(w, " cpu_s=%.2f cpu_us_per_req=%s sys_us_per_req=%s cpu_cores=%.3f rss_kb=%d hwm_kb=%d",
+			r.cpu, f(per), f(sys), r.cpu/r.elapsed.Seconds(), r.rssKB, r.hwmKB)
 	}
+	busy := make([]string, len(r.cpuBusy))
+	for i, b := range r.cpuBusy {
+		busy[i] = strconv.FormatFloat(b, 'f', 2, 64)
+	}
+	fmt.Fprintf(w, " load_cores=%.3f cpu_busy=%s", r.loadCores, strings.Join(busy, "/"))
 	fmt.Fprintln(w)
 	if r.lastErr != "" {
 		fmt.Fprintf(os.Stderr, "loadgen %s: %d errors, last: %s\n", r.label, r.errors, r.lastErr)
@@ -453,9 +465,57 @@ type worker struct {
 	lastErr  atomic.Value
 }
 
+// meter says what to account for besides requests: the proxy's processes,
+// the load side's processes (backend and this generator), per-CPU busy time.
+type meter struct {
+	pids   []int // the proxy
+	aux    []int // backend + this generator
+	clkTck int
+}
+
+func parsePids(flagName, s string) []int {
+	var out []int
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+		p, err := strconv.Atoi(f)
+		if err != nil {
+			fatal(fmt.Errorf("%s: %v", flagName, err))
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// cpuTimes returns busy and total ticks per CPU from /proc/stat.
+func cpuTimes() (busy, total []uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil, nil
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		var t, idle uint64
+		for i, v := range f[1:] {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			if i >= 8 { // guest time is already counted in user
+				break
+			}
+			t += n
+			if i == 3 || i == 4 { // idle, iowait
+				idle += n
+			}
+		}
+		busy = append(busy, t-idle)
+		total = append(total, t)
+	}
+	return busy, total
+}
+
 // window runs warmup, samples the processes and the counters, runs the
 // measured window, samples again.
-func window(ws []*worker, measuring *atomic.Bool, warmup, dur time.Duration, pids []int, clkTck int) result {
+func window(ws []*worker, measuring *atomic.Bool, warmup, dur time.Duration, m *meter) result {
 	time.Sleep(warmup)
 	var r result
 	sum := func() (req, errs uint64) {
@@ -465,7 +525,9 @@ func window(ws []*worker, measuring *atomic.Bool, warmup, dur time.Duration, pid
 		}
 		return
 	}
-	p0, perr := sampleProcs(pids)
+	p0, perr := sampleProcs(m.pids)
+	a0, aerr := sampleProcs(m.aux)
+	b0, t0s := cpuTimes()
 	req0, err0 := sum()
 	t0 := time.Now()
 	measuring.Store(true)
@@ -473,14 +535,27 @@ func window(ws []*worker, measuring *atomic.Bool, warmup, dur time.Duration, pid
 	measuring.Store(false)
 	req1, err1 := sum()
 	r.elapsed = time.Since(t0)
-	p1, perr1 := sampleProcs(pids)
+	p1, perr1 := sampleProcs(m.pids)
+	a1, aerr1 := sampleProcs(m.aux)
+	b1, t1s := cpuTimes()
 	r.requests, r.errors = req1-req0, err1-err0
-	if len(pids) > 0 && perr == nil && perr1 == nil {
+	if len(m.pids) > 0 && perr == nil && perr1 == nil {
 		r.procs = true
-		r.cpu = float64(p1.cpuTicks-p0.cpuTicks) / float64(clkTck)
+		r.cpu = float64(p1.cpuTicks-p0.cpuTicks) / float64(m.clkTck)
+		r.cpuSys = float64(p1.sysTicks-p0.sysTicks) / float64(m.clkTck)
 		r.rssKB, r.hwmKB = p1.rssKB, p1.hwmKB
 	} else if perr != nil || perr1 != nil {
 		fmt.Fprintln(os.Stderr, "loadgen: reading /proc:", perr, perr1)
+	}
+	if aerr == nil && aerr1 == nil {
+		r.loadCores = float64(a1.cpuTicks-a0.cpuTicks) / float64(m.clkTck) / r.elapsed.Seconds()
+	}
+	if len(b0) == len(b1) {
+		for i := range b0 {
+			if dt := t1s[i] - t0s[i]; dt > 0 {
+				r.cpuBusy = append(r.cpuBusy, float64(b1[i]-b0[i])/float64(dt))
+			}
+		}
 	}
 	return r
 }
@@ -496,7 +571,7 @@ func (r *result) collect(ws []*worker) {
 }
 
 // closed: each connection sends back to back.
-func (g *gen) closed(n int, warmup, dur time.Duration, pids []int, clkTck int) result {
+func (g *gen) closed(n int, warmup, dur time.Duration, m *meter) result {
 	var measuring, stop atomic.Bool
 	ws := make([]*worker, n)
 	var wg sync.WaitGroup
@@ -528,7 +603,7 @@ func (g *gen) closed(n int, warmup, dur time.Duration, pids []int, clkTck int) r
 			}
 		}()
 	}
-	r := window(ws, &measuring, warmup, dur, pids, clkTck)
+	r := window(ws, &measuring, warmup, dur, m)
 	stop.Store(true)
 	wg.Wait()
 	r.collect(ws)
@@ -543,7 +618,7 @@ func (g *gen) closed(n int, warmup, dur time.Duration, pids []int, clkTck int) r
 // wakes up to ~1 ms late (the netpoller sleeps in whole milliseconds), so
 // requests due meanwhile are released together when it wakes; that slack is
 // reported separately as sched_lag_p99_us.
-func (g *gen) open(n int, rate float64, queue int, maxLag time.Duration, warmup, dur time.Duration, pids []int, clkTck int) result {
+func (g *gen) open(n int, rate float64, queue int, maxLag time.Duration, warmup, dur time.Duration, m *meter) result {
 	var measuring atomic.Bool
 	var droppedMeasured, skippedMeasured atomic.Uint64
 	type job struct {
@@ -615,7 +690,7 @@ func (g *gen) open(n int, rate float64, queue int, maxLag time.Duration, warmup,
 			}
 		}
 	}()
-	r := window(ws, &measuring, warmup, dur, pids, clkTck)
+	r := window(ws, &measuring, warmup, dur, m)
 	<-done
 	close(jobs)
 	wg.Wait()

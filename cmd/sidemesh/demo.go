@@ -129,7 +129,7 @@ upstreams:
 		return fmt.Errorf("sidecar not ready: %w", err)
 	}
 	// The lb_policy arrives with the cluster over CDS; wait for it too.
-	for sc.Cluster("demo").Status().LBPolicy != policy {
+	for !sc.Cluster("demo").XDSApplied() || sc.Cluster("demo").Status().LBPolicy != policy {
 		if ctx.Err() != nil {
 			return fmt.Errorf("cluster settings did not arrive over xDS")
 		}
