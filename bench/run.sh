@@ -293,11 +293,14 @@ sum() { # KEY MODE SETUP: summed over rounds
 	echo "$t"
 }
 
+HAPROXY_VERSION= NGINX_VERSION=
+[ -n "$HAPROXY" ] && HAPROXY_VERSION=$("$HAPROXY" -v 2>/dev/null | sed -n 's/^HAProxy version \([0-9.]*\).*/\1/p')
+[ -n "$NGINX" ] && NGINX_VERSION=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
 declare -A LABEL=(
 	[direct]="direct (load generator → backend)"
 	[sidemesh]="sidemesh (\`protocol: http\`, GOMAXPROCS=1)"
-	[haproxy]="HAProxy $("$HAPROXY" -v 2>/dev/null | sed -n 's/^HAProxy version \([0-9.]*\).*/\1/p') (1 thread, mode http, http-reuse always)"
-	[nginx]="nginx $("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p') (1 worker, upstream keepalive)"
+	[haproxy]="HAProxy${HAPROXY_VERSION:+ $HAPROXY_VERSION} (1 thread, mode http, http-reuse always)"
+	[nginx]="nginx${NGINX_VERSION:+ $NGINX_VERSION} (1 worker, upstream keepalive)"
 	[sidemesh-tcp]="sidemesh (\`protocol: tcp\`, GOMAXPROCS=1)"
 	[haproxy-tcp]="HAProxy (1 thread, mode tcp)"
 )
@@ -326,8 +329,8 @@ row() {
 	rss=$(best rss_kb max closed "$s")
 	awk -v l="${LABEL[$s]}" -v rps="$rps" -v drps="$D_RPS" -v cpu="$cpu" -v cpuo="$cpuo" -v sys="$sys" -v syso="$syso" -v cores="$cores" \
 		-v p50="$p50" -v p99="$p99" -v d50="$D_P50" -v d99="$D_P99" -v rss="$rss" -v errs="$errs" 'BEGIN{
-		printf "| %s | %.0f | %.2f | %.1f µs (%.0f user + %.0f sys) | %.1f µs (%.0f + %.0f) | %.2f | %+.3f ms | %+.3f ms | %.1f MB | %s |\n",
-			l, rps, rps/drps, cpu, cpu-sys, sys, cpuo, cpuo-syso, syso, cores, (p50-d50)/1000, (p99-d99)/1000, rss/1024, errs }'
+		printf "| %s | %.0f | %.2f | %.1f µs (%.0f user + %.0f sys) | %.1f µs (%.0f + %.0f) | %.2f | %.3f ms (%+.3f) | %.3f ms (%+.3f) | %.1f MB | %s |\n",
+			l, rps, rps/drps, cpu, cpu-sys, sys, cpuo, cpuo-syso, syso, cores, p50/1000, (p50-d50)/1000, p99/1000, (p99-d99)/1000, rss/1024, errs }'
 }
 
 {
@@ -339,7 +342,7 @@ row() {
 	echo "Best of $ROUNDS rounds per cell. Proxy CPU per request = the proxy's user+system time"
 	echo "(/proc/PID/stat) over the window divided by the requests completed in it."
 	echo
-	echo "| setup | req/s (closed loop) | vs direct | proxy CPU per request, saturated (user + sys µs) | proxy CPU per request at $RATE rps | proxy cores busy (saturated) | p50 at $RATE rps (direct: absolute, proxies: added) | p99 at $RATE rps (same) | proxy RSS | errors |"
+	echo "| setup | req/s (closed loop) | vs direct | proxy CPU per request, saturated (user + sys µs) | proxy CPU per request at $RATE rps | proxy cores busy (saturated) | p50 at $RATE rps (added vs direct) | p99 at $RATE rps (added vs direct) | proxy RSS | errors |"
 	echo "|---|---|---|---|---|---|---|---|---|---|"
 	for s in "${SETUPS[@]}"; do row "$s"; done
 	for s in $ONLY; do

@@ -12,7 +12,6 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,19 +56,28 @@ func parseRetryOn(s string) uint32 {
 	return b
 }
 
-// bufPool is the ReverseProxy buffer pool (32 KiB buffers).
-type bufPool struct{ p sync.Pool }
+// bufPool is the ReverseProxy buffer pool: 32 KiB buffers in a bounded
+// free list (a channel, so Put does not allocate as sync.Pool would for a
+// slice header).
+type bufPool struct{ free chan []byte }
 
 func (b *bufPool) Get() []byte {
-	if v := b.p.Get(); v != nil {
-		return *(v.(*[]byte))
+	select {
+	case buf := <-b.free:
+		return buf
+	default:
+		return make([]byte, 32<<10)
 	}
-	return make([]byte, 32<<10)
 }
 
-func (b *bufPool) Put(buf []byte) { b.p.Put(&buf) }
+func (b *bufPool) Put(buf []byte) {
+	select {
+	case b.free <- buf[:cap(buf)]:
+	default: // full: let the GC have it
+	}
+}
 
-var proxyBuffers = &bufPool{}
+var proxyBuffers = &bufPool{free: make(chan []byte, 1024)}
 
 // clusterTransport is the RoundTripper the balancer plugs into: it picks an
 // endpoint per attempt, applies breakers, retries and per-try timeouts, and
