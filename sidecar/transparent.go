@@ -19,8 +19,8 @@ import (
 //
 //   - HTTP (sniffed from the first bytes: a method and a space, or the h2c
 //     preface) goes to the upstream named by the Host header (`api`,
-//     `api:8080`, `api.anything`), else to the upstream owning the original
-//     destination address; an unknown upstream gets 404.
+//     `api:8080`, `api.anything`); a Host that is an IP address routes by the
+//     original destination instead; an unknown upstream gets 404.
 //   - Anything else goes to the upstream owning the original destination
 //     (SO_ORIGINAL_DST); unknown destinations are closed.
 //
@@ -138,11 +138,14 @@ func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) 
 	if i := strings.IndexByte(name, '.'); i > 0 && net.ParseIP(name) == nil {
 		name = name[:i]
 	}
-	c := t.s.byName[name]
-	if c == nil {
+	var c *Cluster
+	if net.ParseIP(name) != nil || name == "" {
+		// Called by address: the original destination names the upstream.
 		if pc, ok := connFromContext(r); ok {
 			c = t.clusterFor(pc.dst)
 		}
+	} else {
+		c = t.s.byName[name] // called by name: an unknown name is a 404
 	}
 	if c == nil || c.cfg.Protocol == "tcp" {
 		w.Header().Set("Content-Type", "text/plain")
