@@ -91,6 +91,8 @@ type Cluster struct {
 	lbConfig balancer.Config
 	panicPct float64
 	lastCDS  *xds.ClusterSettings
+	// onRemoved runs (outside mu) when hosts leave the cluster.
+	onRemoved []func()
 
 	mu           sync.Mutex
 	hosts        map[string]*Host
@@ -272,11 +274,13 @@ func (c *Cluster) onUpdate(s *discovery.Snapshot) {
 		h.weight.Store(ep.Weight)
 		h.dhealth.Store(uint32(ep.Health))
 	}
+	removed := false
 	for addr, h := range c.hosts {
 		if !seen[addr] {
 			h.inSnapshot = false
 			delete(c.hosts, addr)
 			c.m.dropHost(c.Name, addr)
+			removed = true
 		}
 	}
 	c.bindDetectorLocked(addrs)
@@ -284,7 +288,13 @@ func (c *Cluster) onUpdate(s *discovery.Snapshot) {
 		c.hc.SetHosts(addrs)
 	}
 	c.markReady()
+	drain := c.onRemoved
 	c.mu.Unlock()
+	if removed {
+		for _, f := range drain {
+			f() // close pooled idle connections, so removed hosts free their max_connections slots (Envoy drains their pools)
+		}
+	}
 	c.m.discoveryUpdates.WithLabelValues(c.Name).Inc()
 	c.log.Info("endpoints updated", "version", s.Version, "endpoints", len(s.Endpoints))
 	c.rebuild()
@@ -303,6 +313,9 @@ func (c *Cluster) onResourceError(err error) {
 		c.hc.SetHosts(nil)
 	}
 	c.markReady()
+	for _, f := range c.onRemoved {
+		defer f()
+	}
 	c.mu.Unlock()
 	c.m.discoveryErrors.WithLabelValues(c.Name, "resource").Inc()
 	c.log.Warn("upstream endpoints dropped", "err", err)

@@ -116,6 +116,12 @@ func newClusterTransport(c *Cluster) *clusterTransport {
 	}
 	t.h1 = c.newTransport(false)
 	t.h2 = c.newTransport(true)
+	c.mu.Lock()
+	c.onRemoved = append(c.onRemoved, func() {
+		t.h1.CloseIdleConnections()
+		t.h2.CloseIdleConnections()
+	})
+	c.mu.Unlock()
 	return t
 }
 
@@ -156,9 +162,25 @@ func (c *Cluster) dialer(d *net.Dialer) func(ctx context.Context, network, addr 
 				c.noteOverflow(err)
 				return nil, err
 			}
-			err := br.AcquireConn(ctx)
+			// net/http dials on a context detached from the request's
+			// cancellation, so a wait on ctx alone outlives the request that
+			// caused it and holds its pending slot until some connection
+			// closes. No request waits longer than the route timeout.
+			wctx := ctx
+			if to := *c.cfg.Timeout; to > 0 {
+				var cancel context.CancelFunc
+				wctx, cancel = context.WithTimeout(ctx, to)
+				defer cancel()
+			}
+			err := br.AcquireConn(wctx)
 			br.ReleasePending()
 			if err != nil {
+				if ctx.Err() == nil {
+					// Gave up waiting for a slot: an overflow, not the
+					// endpoint's fault (no outlier result).
+					st := br.Stats().Connections
+					err = breaker.Overflow{Threshold: st.Threshold, Limit: st.Limit}
+				}
 				return nil, err
 			}
 		}
@@ -274,12 +296,16 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	var lastErr error
 	isGRPC := t.forceH2 || strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc")
 	retried := false
+	retryHeld := false // a retry slot taken before the previous answer was discarded
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			if err := br.AcquireRetry(); err != nil {
-				c.noteOverflow(err)
-				break // the previous failure stands, as in Envoy
+			if !retryHeld {
+				if err := br.AcquireRetry(); err != nil {
+					c.noteOverflow(err)
+					break // the previous failure stands, as in Envoy
+				}
 			}
+			retryHeld = false
 			retried = true
 			c.cm.retries.Inc()
 			if !sleepBackoff(ctx, attempt, t.backoffBase, t.backoffMax) {
@@ -382,20 +408,30 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			}
 		}
 		canReplay := buffered != nil || !hasBody
+		holdsRetry := attempt > 0 // this attempt's retry slot
 		if attempt < t.numRetries && canReplay && t.retriableResponse(resp, isGRPC) {
-			drainClose(resp.Body)
-			h.Active.Add(-1)
-			if cancel != nil {
-				cancel()
-			}
-			if attempt > 0 {
+			if holdsRetry {
 				br.ReleaseRetry()
+				holdsRetry = false
 			}
-			if span != nil {
-				tracing.EndHTTP(span, resp.StatusCode, tracing.OutcomeRetried)
+			// Take the next attempt's retry slot before discarding this
+			// answer: without one, the answer stands (Envoy), rather than a
+			// local 503.
+			if err := br.AcquireRetry(); err != nil {
+				c.noteOverflow(err)
+			} else {
+				retryHeld = true
+				drainClose(resp.Body)
+				h.Active.Add(-1)
+				if cancel != nil {
+					cancel()
+				}
+				if span != nil {
+					tracing.EndHTTP(span, resp.StatusCode, tracing.OutcomeRetried)
+				}
+				lastErr = &upstreamError{kind: failReset, host: h.Addr, err: errRetriedStatus}
+				continue
 			}
-			lastErr = &upstreamError{kind: failReset, host: h.Addr, err: errRetriedStatus}
-			continue
 		}
 		o := tracing.OutcomeOK
 		if panicMode && od != nil && od.Ejected() {
@@ -403,8 +439,21 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		} else if retried {
 			o = tracing.OutcomeRetried
 		}
-		resp.Body = &doneBody{ReadCloser: resp.Body, c: c, br: br, h: h, cancel: cancel,
-			retry: attempt > 0, span: span, resp: resp, grpc: isGRPC, outcome: o}
+		db := &doneBody{ReadCloser: resp.Body, c: c, br: br, h: h, cancel: cancel,
+			retry: holdsRetry, span: span, resp: resp, grpc: isGRPC, outcome: o}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// ReverseProxy relays an upgraded connection through the body,
+			// which must stay writable; it answers a mismatched upgrade
+			// without closing the body, so refuse that here.
+			rwc, ok := resp.Body.(io.ReadWriteCloser)
+			if !ok || !upgradeMatches(req.Header, resp.Header) {
+				_ = db.Close()
+				return nil, &upstreamError{kind: failReset, host: h.Addr, err: errBadUpgrade}
+			}
+			resp.Body = &upgradeBody{doneBody: db, w: rwc}
+			return resp, nil
+		}
+		resp.Body = db
 		return resp, nil
 	}
 	c.cm.rqActive.Dec()
@@ -415,7 +464,45 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	return nil, lastErr
 }
 
-var errRetriedStatus = errors.New("retriable status and no retry left")
+var (
+	errRetriedStatus = errors.New("retriable status and no retry left")
+	errBadUpgrade    = errors.New("upstream switched protocols without the requested upgrade")
+)
+
+// upgradeBody is the body of a 101 response: doneBody's accounting, and the
+// Write half ReverseProxy relays the upgraded connection through.
+type upgradeBody struct {
+	*doneBody
+	w io.Writer
+}
+
+func (b *upgradeBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+// upgradeMatches is ReverseProxy's check: the response switches to the
+// protocol the request asked for.
+func upgradeMatches(req, resp http.Header) bool {
+	up := upgradeType(resp)
+	if up == "" {
+		return false
+	}
+	for i := 0; i < len(up); i++ {
+		if up[i] < ' ' || up[i] > '~' {
+			return false
+		}
+	}
+	return strings.EqualFold(upgradeType(req), up)
+}
+
+func upgradeType(h http.Header) string {
+	for _, v := range h["Connection"] {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
+}
 
 func failOutcome(k failKind) tracing.Outcome {
 	switch k {

@@ -63,6 +63,7 @@ type Sidecar struct {
 	engine   Engine
 
 	hmu           sync.Mutex
+	tcpClosed     bool // Shutdown closed the TCP proxies; later ones start closed
 	tcpByCluster  map[*Cluster]*tcpProxy
 	httpByCluster map[*Cluster]http.Handler
 	transLn       net.Listener
@@ -231,6 +232,7 @@ func (s *Sidecar) tcpFor(c *Cluster) *tcpProxy {
 		return p
 	}
 	p := newTCPProxy(c, s.log.With("upstream", c.Name))
+	p.closed = s.tcpClosed // made by a late transparent connection during Shutdown
 	s.tcp = append(s.tcp, p)
 	s.tcpByCluster[c] = p
 	return p
@@ -381,6 +383,8 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		s.stopExtrasEarly()
 		if s.inboundSrv != nil {
 			_ = s.inboundSrv.Shutdown(ctx)
+		} else if s.inboundLn != nil {
+			s.inboundLn.Close() // TCP inbound: no http.Server closes it
 		}
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.Drain.Timeout)
 		defer cancel()
@@ -397,15 +401,31 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 				}
 			}()
 		}
+		if s.trans != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = s.trans.srv.Shutdown(dctx) // its HTTP requests drain like the outbound listeners'
+			}()
+		}
 		wg.Wait()
 		for _, nl := range s.outbound {
 			nl.ln.Close()
 		}
+		// TCP relays first: the transparent listener waits for the relays it
+		// started, which only end when their proxy closes them.
+		s.hmu.Lock() // the transparent listener may still make proxies
+		s.tcpClosed = true
+		tcps := append([]*tcpProxy(nil), s.tcp...)
+		s.hmu.Unlock()
+		for _, p := range tcps {
+			p.closeAll()
+		}
 		if s.trans != nil {
 			s.trans.close()
 		}
-		for _, p := range s.tcp {
-			p.closeAll()
+		for _, stop := range s.closers { // CDS watches
+			stop()
 		}
 		for _, c := range s.clusters {
 			c.close()

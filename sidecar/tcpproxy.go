@@ -24,8 +24,9 @@ type tcpProxy struct {
 	d   net.Dialer
 	wg  sync.WaitGroup
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool // closeAll ran: connections tracked from now on are closed at once
 }
 
 func newTCPProxy(c *Cluster, log *slog.Logger) *tcpProxy {
@@ -56,6 +57,11 @@ func (p *tcpProxy) serve(ln net.Listener) error {
 
 func (p *tcpProxy) track(c net.Conn, on bool) {
 	p.mu.Lock()
+	if on && p.closed {
+		p.mu.Unlock()
+		_ = c.Close() // too late: closeAll already ran
+		return
+	}
 	if on {
 		p.conns[c] = struct{}{}
 	} else {
@@ -67,6 +73,7 @@ func (p *tcpProxy) track(c net.Conn, on bool) {
 // closeAll ends every relayed connection (after the drain period).
 func (p *tcpProxy) closeAll() {
 	p.mu.Lock()
+	p.closed = true
 	for c := range p.conns {
 		_ = c.Close()
 	}
@@ -80,7 +87,11 @@ func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*
 	c := p.c
 	var prev *Host
 	var lastErr error
-	for attempt := 0; attempt <= *c.cfg.RetryPolicy.NumRetries; attempt++ {
+	retries := 0
+	if parseRetryOn(c.cfg.RetryPolicy.RetryOn)&(roConnectFailure|ro5xx|roGatewayError) != 0 {
+		retries = *c.cfg.RetryPolicy.NumRetries // TCP can only retry connect failures
+	}
+	for attempt := 0; attempt <= retries; attempt++ {
 		h, _, err := c.pick(info, prev)
 		if err != nil {
 			c.cm.noHealthy.Inc()

@@ -124,9 +124,18 @@ func healthFrom(h *xds.HealthCheckSettings) health.Config {
 func (c *Cluster) applySettings(cs xds.ClusterSettings) {
 	u := c.cfg
 	c.mu.Lock()
-	if reflect.DeepEqual(c.lastCDS, &cs) {
+	if c.closed || reflect.DeepEqual(c.lastCDS, &cs) {
 		c.mu.Unlock()
 		return
+	}
+	// Each of breaker, detector and checker is rebuilt only when its own
+	// settings changed: a new one starts from scratch (ejections forgotten,
+	// every host unhealthy until checked again).
+	prev := c.lastCDS
+	changed := func(a, b any) bool { return prev == nil || !reflect.DeepEqual(a, b) }
+	var prevBr, prevOD, prevHC any
+	if prev != nil {
+		prevBr, prevOD, prevHC = prev.Breakers, prev.Outlier, prev.HealthCheck
 	}
 	c.lastCDS = &cs
 	var oldHC *health.Checker
@@ -135,17 +144,25 @@ func (c *Cluster) applySettings(cs xds.ClusterSettings) {
 		pol := cs.LBPolicy
 		c.policy.Store(&pol)
 	}
+	lb := c.lbConfig
 	if !u.IsSet("least_request_lb_config") {
 		if cs.LeastRequestChoiceCount >= 2 {
-			c.lbConfig.LeastRequest.ChoiceCount = cs.LeastRequestChoiceCount
+			lb.LeastRequest.ChoiceCount = cs.LeastRequestChoiceCount
 		}
 		if cs.ActiveRequestBias != nil {
 			b := *cs.ActiveRequestBias
-			c.lbConfig.LeastRequest.ActiveRequestBias = &b
+			lb.LeastRequest.ActiveRequestBias = &b
 		}
 	}
 	if !u.IsSet("ring_hash_lb_config") && cs.RingMinSize > 0 && cs.RingMaxSize >= cs.RingMinSize {
-		c.lbConfig.RingHash.MinimumRingSize, c.lbConfig.RingHash.MaximumRingSize = cs.RingMinSize, cs.RingMaxSize
+		lb.RingHash.MinimumRingSize, lb.RingHash.MaximumRingSize = cs.RingMinSize, cs.RingMaxSize
+	}
+	// Options the picker would refuse (a negative bias, a ring above 8M)
+	// would make every later rebuild fail, freezing the endpoints in force.
+	if err := lb.Validate(""); err != nil {
+		c.log.Warn("lb options from xDS ignored", "err", err)
+	} else {
+		c.lbConfig = lb
 	}
 	if !u.IsSet("healthy_panic_threshold") && cs.HealthyPanicThreshold != nil {
 		c.panicPct = *cs.HealthyPanicThreshold
@@ -153,10 +170,10 @@ func (c *Cluster) applySettings(cs xds.ClusterSettings) {
 	if !u.IsSet("connect_timeout") && cs.ConnectTimeout > 0 {
 		c.connTO.Store(int64(cs.ConnectTimeout))
 	}
-	if !u.IsSet("circuit_breakers") && cs.Breakers != nil {
+	if !u.IsSet("circuit_breakers") && cs.Breakers != nil && changed(prevBr, cs.Breakers) {
 		c.br.Store(breaker.New(breakerFrom(cs.Breakers)))
 	}
-	if !u.IsSet("outlier_detection") && cs.Outlier != nil && !c.inbound {
+	if !u.IsSet("outlier_detection") && cs.Outlier != nil && !c.inbound && changed(prevOD, cs.Outlier) {
 		c.od = c.newDetector(outlierFrom(cs.Outlier))
 		addrs := make([]string, 0, len(c.hosts))
 		for a := range c.hosts {
@@ -165,7 +182,7 @@ func (c *Cluster) applySettings(cs xds.ClusterSettings) {
 		c.bindDetectorLocked(addrs)
 		c.runDetectorLocked()
 	}
-	if !u.IsSet("health_check") && cs.HealthCheck != nil {
+	if !u.IsSet("health_check") && cs.HealthCheck != nil && changed(prevHC, cs.HealthCheck) {
 		oldHC = c.hc
 		c.hc = c.newChecker(healthFrom(cs.HealthCheck))
 		addrs := make([]string, 0, len(c.hosts))
