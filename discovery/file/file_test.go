@@ -143,13 +143,24 @@ func TestWatchFollowsEdits(t *testing.T) {
 	cancel := src.Watch("api", r)
 	defer cancel()
 	r.wait(t, func() bool { return r.last != nil && len(r.last.Endpoints) == 1 })
+	// r.last is read under r.mu: the poller's next OnUpdate writes it, and
+	// nothing but the file orders that after this read.
+	r.mu.Lock()
 	v1 := r.last.Version
+	r.mu.Unlock()
 
 	// A weight change arrives as a new version.
 	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 5}\n  web:\n    - {address: 127.0.0.1:8001}\n")
-	r.wait(t, func() bool { return r.last != nil && r.last.Endpoints[0].Weight == 5 })
-	if r.last.Version <= v1 {
-		t.Fatalf("version did not increase: %d then %d", v1, r.last.Version)
+	var v2 uint64
+	r.wait(t, func() bool {
+		if r.last != nil && r.last.Endpoints[0].Weight == 5 {
+			v2 = r.last.Version
+			return true
+		}
+		return false
+	})
+	if v2 <= v1 {
+		t.Fatalf("version did not increase: %d then %d", v1, v2)
 	}
 
 	// A broken file keeps the last good endpoints and reports an ambient error with the line.

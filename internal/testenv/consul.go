@@ -28,7 +28,7 @@ func ConsulBinary(t testing.TB) string {
 }
 
 // Consul is a `consul agent -dev` (a single server, state in memory) bound to
-// 127.0.0.1 on kernel-chosen ports, with DNS and gRPC off. Restart keeps the
+// 127.0.0.1 on ports from FreePorts, with DNS and gRPC off. Restart keeps the
 // ports, so clients see an outage and a recovery of the same address; being
 // in-memory, the restarted agent has forgotten every registration.
 type Consul struct {

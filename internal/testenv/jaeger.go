@@ -35,7 +35,7 @@ func JaegerBinary(t testing.TB) string {
 
 // Jaeger is a Jaeger v2 all-in-one (an OpenTelemetry Collector distribution)
 // with in-memory storage, receiving OTLP over gRPC and HTTP and serving the
-// query API, every port a kernel-chosen one on 127.0.0.1. Nothing else is
+// query API, every port one from FreePorts on 127.0.0.1. Nothing else is
 // opened: no Jaeger/Zipkin receivers, health check, zpages or self-metrics,
 // so parallel tests cannot clash. It is killed when the test ends.
 type Jaeger struct {

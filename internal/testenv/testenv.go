@@ -5,10 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -58,21 +62,73 @@ func Tool(t testing.TB, name, envVar string) string {
 	return path
 }
 
-// FreePorts returns n distinct TCP ports on 127.0.0.1 chosen by the kernel.
-// The listeners are held until all n are chosen, then closed, so the ports
+// FreePorts returns n distinct ports on 127.0.0.1, free for TCP and UDP.
+// The sockets are held until all n are chosen, then closed, so the ports
 // are free (but not reserved) when it returns.
+//
+// The ports are taken at random below the kernel's ephemeral range
+// (ip_local_port_range) when there is room there. A port the kernel hands
+// out to a listen on port 0 or to an outgoing connection, in this or any
+// other test process, could otherwise be taken between FreePorts returning
+// and the caller binding it, or while a test keeps a server down to
+// restart it on the same port (Consul.Restart). Below that range only
+// another explicit bind can take it.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
+	lo, hi, fixed := belowEphemeral()
 	ports := make([]int, 0, n)
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("testenv: free port: %v", err)
+		p := 0
+		for try := 0; fixed && p == 0 && try < 1000; try++ {
+			c := lo + rand.IntN(hi-lo)
+			if slices.Contains(ports, c) {
+				continue
+			}
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c)))
+			if err != nil {
+				continue
+			}
+			defer ln.Close()
+			pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c)))
+			if err != nil {
+				continue
+			}
+			defer pc.Close()
+			p = c
 		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+		if p == 0 { // no room below the ephemeral range: the kernel's choice
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatalf("testenv: free port: %v", err)
+			}
+			defer ln.Close()
+			p = ln.Addr().(*net.TCPAddr).Port
+		}
+		ports = append(ports, p)
 	}
 	return ports
+}
+
+// fixedPortsLow is the lowest port FreePorts picks below the ephemeral range.
+const fixedPortsLow = 10000
+
+// belowEphemeral returns [lo, hi), the ports FreePorts picks from: from
+// fixedPortsLow up to the start of the ephemeral range, if that leaves at
+// least 1000 ports (ok false otherwise, or when the range is unknown).
+func belowEphemeral() (lo, hi int, ok bool) {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first-fixedPortsLow < 1000 {
+		return 0, 0, false
+	}
+	return fixedPortsLow, first, true
 }
 
 // Eventually polls cond every 20ms until it returns nil, and fails the test

@@ -12,7 +12,11 @@ import (
 // A cluster wires a Checker like this: SetHosts on every endpoint snapshot,
 // Healthy when it rebuilds its picker, OnChange to trigger that rebuild.
 func Example() {
+	// The first check starts as soon as SetHosts returns; the backend holds
+	// its answer until the example has looked, so "before" is really before.
+	looked := make(chan struct{})
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-looked
 		if r.URL.Path != "/healthz" || r.Host != "api" {
 			w.WriteHeader(http.StatusNotFound)
 		}
@@ -40,6 +44,7 @@ func Example() {
 
 	c.SetHosts([]string{addr})
 	fmt.Println("before the first check:", c.Healthy(addr))
+	close(looked)
 	<-rebuild // the picker would be rebuilt here
 	fmt.Println("after the first check:", c.Healthy(addr))
 	// Output:
