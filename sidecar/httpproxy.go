@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -84,8 +85,9 @@ var proxyBuffers = &bufPool{free: make(chan []byte, 1024)}
 // feeds outcomes to outlier detection and metrics.
 type clusterTransport struct {
 	c             *Cluster
-	h1, h2        *http.Transport
-	forceH2       bool // grpc: h2c end to end
+	h1            idleRoundTripper // HTTP/1.1 upstream: the lean client (std transport for upgrades)
+	h2            *http.Transport  // h2c upstream
+	forceH2       bool             // grpc: h2c end to end
 	retryOn       uint32
 	numRetries    int
 	perTry        time.Duration
@@ -114,7 +116,13 @@ func newClusterTransport(c *Cluster) *clusterTransport {
 	for _, code := range rp.RetriableStatusCodes {
 		t.retriableCode[code] = true
 	}
-	t.h1 = c.newTransport(false)
+	std := c.newTransport(false)
+	if useStdH1 {
+		t.h1 = std
+	} else {
+		d := &net.Dialer{Timeout: u.ConnectTimeout, KeepAlive: 30 * time.Second}
+		t.h1 = newLeanH1(c.dialer(d), u.MaxIdleConnsPerHost, u.IdleTimeout, std)
+	}
 	t.h2 = c.newTransport(true)
 	c.mu.Lock()
 	c.onRemoved = append(c.onRemoved, func() {
@@ -124,6 +132,16 @@ func newClusterTransport(c *Cluster) *clusterTransport {
 	c.mu.Unlock()
 	return t
 }
+
+// idleRoundTripper is a RoundTripper with a pool to empty.
+type idleRoundTripper interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
+// useStdH1 selects net/http's Transport for HTTP/1.1 upstreams instead of
+// the lean client (set by SIDEMESH_STD_H1=1, for comparison and as a fallback).
+var useStdH1 = os.Getenv("SIDEMESH_STD_H1") == "1"
 
 // newTransport builds a pooled, tuned transport whose dials count
 // connections and honour max_connections (a dial waits for a free slot as a
