@@ -4,9 +4,13 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,37 +26,69 @@ import (
 // It handles what a proxy sends upstream over HTTP/1.1: any method, bodies
 // (Content-Length or chunked), 1xx interim responses, trailers, HEAD and
 // bodyless statuses, Connection: close either way, cancellation, and a pooled
-// connection the server closed while idle (the request is retried once on a
-// fresh connection, as net/http does). Upgrades, Expect: 100-continue and
-// bodies that cannot be replayed go to the fallback (net/http) transport.
+// connection the server closed while idle (checked before reuse; a request
+// that still meets a closing connection is retried once on a fresh one under
+// net/http's rules). Upgrades, Expect: 100-continue and bodies that cannot be
+// replayed go to the fallback (net/http) transport.
 type leanH1 struct {
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
-	maxIdle     int
-	idleTimeout time.Duration
-	fallback    http.RoundTripper
+	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
+	maxIdle        int
+	idleTimeout    time.Duration
+	maxHeaderBytes int64 // response head bound (net/http's MaxResponseHeaderBytes default)
+	fallback       http.RoundTripper
 
 	mu   sync.Mutex
 	idle map[string][]*h1Conn
 }
 
 type h1Conn struct {
-	conn   net.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	addr   string
-	idleAt time.Time
+	conn      net.Conn
+	raw       syscall.RawConn // for the liveness check before reuse (nil: none)
+	br        *bufio.Reader   // reads through the h1Conn (its readLimit)
+	bw        *bufio.Writer   // writes through the h1Conn (its nwrite)
+	addr      string
+	idleAt    time.Time   // guarded by leanH1.mu while pooled
+	idleTimer *time.Timer // closes the connection once idle too long
+	readLimit int64       // bytes reads may still take (bounds the response head)
+	nwrite    int64       // bytes written to the connection
 }
 
-var errH1Stale = errors.New("h1: reused connection closed by the server before answering")
+// Read bounds what a response head may take, as net/http's persistConn does.
+func (pc *h1Conn) Read(p []byte) (int, error) {
+	if pc.readLimit <= 0 {
+		return 0, errH1HeaderTooBig
+	}
+	if int64(len(p)) > pc.readLimit {
+		p = p[:pc.readLimit]
+	}
+	n, err := pc.conn.Read(p)
+	pc.readLimit -= int64(n)
+	return n, err
+}
+
+// Write counts what reached the connection: a request of which nothing was
+// written can be retried whatever its method.
+func (pc *h1Conn) Write(p []byte) (int, error) {
+	n, err := pc.conn.Write(p)
+	pc.nwrite += int64(n)
+	return n, err
+}
+
+var (
+	errH1Stale        = errors.New("h1: reused connection closed by the server before answering")
+	errH1HeaderTooBig = errors.New("h1: response headers too large")
+)
 
 func newLeanH1(dial func(ctx context.Context, network, addr string) (net.Conn, error), maxIdle int, idleTimeout time.Duration, fallback http.RoundTripper) *leanH1 {
-	return &leanH1{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout, fallback: fallback, idle: map[string][]*h1Conn{}}
+	return &leanH1{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout, maxHeaderBytes: 10 << 20, fallback: fallback, idle: map[string][]*h1Conn{}}
 }
 
-func (t *leanH1) get(ctx context.Context, addr string) (*h1Conn, bool, error) {
+// get returns a pooled connection (reused) or, failing that or when fresh is
+// set, a new one.
+func (t *leanH1) get(ctx context.Context, addr string, fresh bool) (*h1Conn, bool, error) {
 	now := time.Now()
 	t.mu.Lock()
-	for {
+	for !fresh {
 		list := t.idle[addr]
 		if len(list) == 0 {
 			break
@@ -60,13 +96,19 @@ func (t *leanH1) get(ctx context.Context, addr string) (*h1Conn, bool, error) {
 		pc := list[len(list)-1]
 		list[len(list)-1] = nil
 		t.idle[addr] = list[:len(list)-1]
-		if t.idleTimeout > 0 && now.Sub(pc.idleAt) > t.idleTimeout {
-			t.mu.Unlock()
+		if len(list) == 1 {
+			delete(t.idle, addr) // endpoints come and go
+		}
+		if pc.idleTimer != nil {
+			pc.idleTimer.Stop()
+		}
+		expired := t.idleTimeout > 0 && now.Sub(pc.idleAt) > t.idleTimeout
+		t.mu.Unlock()
+		if expired || !pc.usable() {
 			pc.conn.Close()
 			t.mu.Lock()
 			continue
 		}
-		t.mu.Unlock()
 		return pc, true, nil
 	}
 	t.mu.Unlock()
@@ -74,19 +116,75 @@ func (t *leanH1) get(ctx context.Context, addr string) (*h1Conn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &h1Conn{conn: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10), addr: addr}, false, nil
+	pc := &h1Conn{conn: c, addr: addr}
+	pc.br = bufio.NewReaderSize(pc, 16<<10)
+	pc.bw = bufio.NewWriterSize(pc, 16<<10)
+	nc := c
+	if cc, ok := nc.(*countedConn); ok {
+		nc = cc.Conn
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		pc.raw, _ = sc.SyscallConn()
+	}
+	return pc, false, nil
+}
+
+// usable reports whether an idle connection can carry a request: the server
+// neither closed it nor sent anything since the last response. Bytes that
+// arrived unasked would be read as the next request's response (a HEAD or
+// 204 answered with a body, a Content-Length shorter than the body).
+func (pc *h1Conn) usable() bool {
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	if pc.raw == nil {
+		return true
+	}
+	return connIdleOK(pc.raw)
 }
 
 func (t *leanH1) put(pc *h1Conn) {
-	pc.idleAt = time.Now()
 	t.mu.Lock()
 	if len(t.idle[pc.addr]) < t.maxIdle {
+		pc.idleAt = time.Now()
+		if t.idleTimeout > 0 {
+			if pc.idleTimer == nil {
+				pc.idleTimer = time.AfterFunc(t.idleTimeout, func() { t.expire(pc) })
+			} else {
+				pc.idleTimer.Reset(t.idleTimeout)
+			}
+		}
 		t.idle[pc.addr] = append(t.idle[pc.addr], pc)
 		t.mu.Unlock()
 		return
 	}
 	t.mu.Unlock()
 	pc.conn.Close()
+}
+
+// expire closes pc if it is still pooled and has been idle too long.
+func (t *leanH1) expire(pc *h1Conn) {
+	t.mu.Lock()
+	list := t.idle[pc.addr]
+	for i, p := range list {
+		if p != pc {
+			continue
+		}
+		if time.Since(pc.idleAt) < t.idleTimeout {
+			break // pooled again since this timer fired; it was reset
+		}
+		copy(list[i:], list[i+1:])
+		list[len(list)-1] = nil
+		if len(list) == 1 {
+			delete(t.idle, pc.addr)
+		} else {
+			t.idle[pc.addr] = list[:len(list)-1]
+		}
+		t.mu.Unlock()
+		pc.conn.Close()
+		return
+	}
+	t.mu.Unlock()
 }
 
 // CloseIdleConnections closes every pooled connection.
@@ -97,6 +195,9 @@ func (t *leanH1) CloseIdleConnections() {
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, pc := range list {
+			if pc.idleTimer != nil {
+				pc.idleTimer.Stop()
+			}
 			pc.conn.Close()
 		}
 	}
@@ -115,7 +216,9 @@ func (t *leanH1) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	for try := 0; ; try++ {
-		pc, reused, err := t.get(ctx, req.URL.Host)
+		// The retry takes a fresh connection: the pool may hold more
+		// connections the server is closing.
+		pc, reused, err := t.get(ctx, req.URL.Host, try > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -141,6 +244,18 @@ func replayable(req *http.Request) bool {
 	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 }
 
+// idempotent is net/http's Request.isReplayable method test: a request the
+// server may have processed is only sent again if it is idempotent.
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case "", "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	_, k1 := req.Header["Idempotency-Key"]
+	_, k2 := req.Header["X-Idempotency-Key"]
+	return k1 || k2
+}
+
 // exchange writes req on pc and reads the response head.
 func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, reused bool) (*http.Response, error) {
 	var canceled atomic.Bool
@@ -158,33 +273,58 @@ func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, re
 		}
 		return nil, err
 	}
+	// stale: the server closed the reused connection before any of the
+	// response arrived. As in net/http, the request is retried if nothing
+	// of it was written, or if it is idempotent (the server may have
+	// processed it before closing, e.g. a handler that panicked).
+	nwrite := pc.nwrite
+	stale := func(err error) bool {
+		return reused && isStale(err) && (pc.nwrite == nwrite || idempotent(req))
+	}
 	if err := req.Write(pc.bw); err != nil {
-		if reused && isStale(err) {
+		if stale(err) {
 			return fail(errH1Stale)
 		}
 		return fail(err)
 	}
 	if err := pc.bw.Flush(); err != nil {
-		if reused && isStale(err) {
+		if stale(err) {
 			return fail(errH1Stale)
 		}
 		return fail(err)
 	}
+	pc.readLimit = t.maxHeaderBytes
+	if _, err := pc.br.Peek(1); err != nil {
+		if stale(err) {
+			return fail(errH1Stale)
+		}
+		return fail(err)
+	}
+	trace := httptrace.ContextClientTrace(ctx)
 	var resp *http.Response
 	for {
 		r, err := http.ReadResponse(pc.br, req)
 		if err != nil {
-			if reused && isStale(err) {
-				return fail(errH1Stale)
+			if errors.Is(err, errH1HeaderTooBig) {
+				err = fmt.Errorf("%w (limit %d bytes)", errH1HeaderTooBig, t.maxHeaderBytes)
 			}
 			return fail(err)
 		}
 		if r.StatusCode >= 100 && r.StatusCode < 200 && r.StatusCode != http.StatusSwitchingProtocols {
-			continue // interim response: wait for the final one
+			// Interim response: pass it on (ReverseProxy relays 103s) and
+			// wait for the final one.
+			if trace != nil && trace.Got1xxResponse != nil {
+				if err := trace.Got1xxResponse(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
+					return fail(err)
+				}
+				pc.readLimit = t.maxHeaderBytes // as net/http: delivered heads are the user's to bound
+			}
+			continue
 		}
 		resp = r
 		break
 	}
+	pc.readLimit = math.MaxInt64 // bodies are not bounded here
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Not expected here (upgrades use the fallback); never reuse.
 		stop()
