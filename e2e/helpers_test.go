@@ -128,18 +128,25 @@ func (s *Sidecar) Get(t testing.TB, path string) (int, string) {
 
 // ClusterView is the part of /clusters the tests read.
 type ClusterView struct {
-	Name           string  `json:"name"`
+	Name     string `json:"name"`
+	LBPolicy string `json:"lb_policy"`
+	Breakers struct {
+		Requests struct {
+			Limit uint64 `json:"limit"`
+		} `json:"requests"`
+	} `json:"circuit_breakers"`
 	Version        uint64  `json:"version"`
 	Panic          bool    `json:"panic_mode"`
 	StaleSeconds   float64 `json:"stale_seconds"`
 	DiscoveryError string  `json:"discovery_error"`
 	Endpoints      []struct {
-		Address        string `json:"address"`
-		Weight         uint32 `json:"weight"`
-		Health         string `json:"health"`
-		RqTotal        uint64 `json:"rq_total"`
-		RqError        uint64 `json:"rq_error"`
-		EjectionsTotal uint64 `json:"ejections_total"`
+		Address         string `json:"address"`
+		Weight          uint32 `json:"weight"`
+		EffectiveWeight uint32 `json:"effective_weight"`
+		Health          string `json:"health"`
+		RqTotal         uint64 `json:"rq_total"`
+		RqError         uint64 `json:"rq_error"`
+		EjectionsTotal  uint64 `json:"ejections_total"`
 	} `json:"endpoints"`
 }
 

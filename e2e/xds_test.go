@@ -176,46 +176,12 @@ func startXDSClient(t testing.TB, name, addr string, ups []xdsUpstream) (*Sideca
 	return startSidecar(t, name, cfg, true), listen
 }
 
-// xdsClusterInfo is the part of /clusters these tests read beyond ClusterView.
-type xdsClusterInfo struct {
-	Name     string `json:"name"`
-	LBPolicy string `json:"lb_policy"`
-	Breakers struct {
-		Requests struct {
-			Limit uint64 `json:"limit"`
-		} `json:"requests"`
-	} `json:"circuit_breakers"`
-	Endpoints []struct {
-		Address         string `json:"address"`
-		Weight          uint32 `json:"weight"`
-		EffectiveWeight uint32 `json:"effective_weight"`
-	} `json:"endpoints"`
-}
-
-func xdsCluster(t testing.TB, s *Sidecar, name string) xdsClusterInfo {
-	t.Helper()
-	_, body := s.Get(t, "/clusters")
-	var v struct {
-		Clusters []xdsClusterInfo `json:"clusters"`
-	}
-	if err := json.Unmarshal([]byte(body), &v); err != nil {
-		t.Fatalf("/clusters: %v: %s", err, body)
-	}
-	for _, c := range v.Clusters {
-		if c.Name == name {
-			return c
-		}
-	}
-	t.Fatalf("/clusters has no %q: %s", name, body)
-	return xdsClusterInfo{}
-}
-
 // xdsWeightsErr is nil when B's /clusters shows exactly want for svc, in
 // the endpoint set and in the picker in force (effective_weight).
 func xdsWeightsErr(t testing.TB, s *Sidecar, svc string, want map[string]uint32) error {
 	t.Helper()
 	got := map[string]uint32{}
-	for _, ep := range xdsCluster(t, s, svc).Endpoints {
+	for _, ep := range s.Cluster(t, svc).Endpoints {
 		if ep.EffectiveWeight != ep.Weight {
 			return fmt.Errorf("%s: weight %d, effective_weight %d (picker not rebuilt yet)", ep.Address, ep.Weight, ep.EffectiveWeight)
 		}
@@ -348,7 +314,7 @@ func TestXDSWeightsAndFollow(t *testing.T) {
 			url := "http://" + listen["api"] + "/"
 
 			testenv.Eventually(t, 10*time.Second, "B to take A's endpoints and lb_policy", func() error {
-				if p := xdsCluster(t, b, "api").LBPolicy; p != "round_robin" {
+				if p := b.Cluster(t, "api").LBPolicy; p != "round_robin" {
 					return fmt.Errorf("lb_policy %q", p)
 				}
 				return xdsWeightsErr(t, b, "api", xdsWeightMap(initial))
@@ -458,7 +424,7 @@ func TestXDSClusterSettings(t *testing.T) {
 			wants := map[string]want{"api": {"round_robin", 7}, "web": {"least_request", 50}}
 			testenv.Eventually(t, 10*time.Second, "B to apply the CDS settings", func() error {
 				for svc, w := range wants {
-					c := xdsCluster(t, b, svc)
+					c := b.Cluster(t, svc)
 					if c.LBPolicy != w.policy || c.Breakers.Requests.Limit != w.limit {
 						return fmt.Errorf("%s: lb_policy %q, max_requests %d; want %q, %d", svc, c.LBPolicy, c.Breakers.Requests.Limit, w.policy, w.limit)
 					}
@@ -466,7 +432,7 @@ func TestXDSClusterSettings(t *testing.T) {
 				return nil
 			})
 			for svc := range wants {
-				c := xdsCluster(t, b, svc)
+				c := b.Cluster(t, svc)
 				t.Logf("%s: B's /clusters %s: lb_policy %s, circuit_breakers.requests.limit %d", kind, svc, c.LBPolicy, c.Breakers.Requests.Limit)
 			}
 

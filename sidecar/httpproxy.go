@@ -353,7 +353,7 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 			req.ContentLength = int64(len(buffered))
 			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buffered)), nil }
 		}
-		req.Header["X-Sidemesh-Attempt-Count"] = []string{attemptCount(attempt + 1)}
+		req.Header["X-Sidemesh-Attempt-Count"] = attemptHeader(attempt + 1)
 		actx, cancel := ctx, context.CancelFunc(nil)
 		if t.perTry > 0 {
 			actx, cancel = context.WithTimeout(ctx, t.perTry)
@@ -558,13 +558,20 @@ func grpcResult(resp *http.Response) outlier.Result {
 	return outlier.Status(resp.StatusCode)
 }
 
-var attemptStrings = [...]string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}
-
-func attemptCount(n int) string {
-	if n < len(attemptStrings) {
-		return attemptStrings[n]
+// attemptValues are shared, read-only header values for the usual attempt
+// counts (num_retries is at most 10), so setting the header allocates nothing.
+var attemptValues = func() (v [12][]string) {
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
 	}
-	return strconv.Itoa(n)
+	return v
+}()
+
+func attemptHeader(n int) []string {
+	if n < len(attemptValues) {
+		return attemptValues[n]
+	}
+	return []string{strconv.Itoa(n)}
 }
 
 func (t *clusterTransport) retriableFailure(k failKind) bool {

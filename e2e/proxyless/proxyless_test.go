@@ -21,13 +21,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and the xDS balancers
@@ -83,39 +81,6 @@ func sidemeshBin(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return path
-}
-
-// backend is a gRPC server (the health service is the RPC) counting calls.
-type backend struct {
-	addr string
-	mu   sync.Mutex
-	hits int
-}
-
-func (b *backend) count() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.hits
-}
-
-func startBackend(t *testing.T) *backend {
-	t.Helper()
-	b := &backend{}
-	g := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		b.mu.Lock()
-		b.hits++
-		b.mu.Unlock()
-		return h(ctx, req)
-	}))
-	healthpb.RegisterHealthServer(g, health.NewServer())
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.addr = lis.Addr().String()
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	return b
 }
 
 // writeEndpoints writes the endpoints file atomically: service → addr → weight.
@@ -186,10 +151,10 @@ func dial(t *testing.T, service string) healthpb.HealthClient {
 // grpc/grpc#32004), and a change of the server's endpoints file reaches
 // the client.
 func TestProxylessThroughSidemeshXDS(t *testing.T) {
-	bs := []*backend{startBackend(t), startBackend(t), startBackend(t)}
+	bs := []*testenv.GRPCBackend{testenv.StartGRPCBackend(t), testenv.StartGRPCBackend(t), testenv.StartGRPCBackend(t)}
 	dir := t.TempDir()
 	epFile := filepath.Join(dir, "endpoints.yaml")
-	weights := map[string]int{bs[0].addr: 1, bs[1].addr: 3}
+	weights := map[string]int{bs[0].Addr: 1, bs[1].Addr: 3}
 	writeEndpoints(t, epFile, map[string]map[string]int{"ring": weights, "rr": weights})
 	cfg := fmt.Sprintf(`node: xds-cp
 discovery: {file: %s}
@@ -219,7 +184,7 @@ upstreams:
 		seen := map[string]bool{}
 		until(t, c, name+": both backends to serve", func(addr string) bool {
 			seen[addr] = true
-			return seen[bs[0].addr] && seen[bs[1].addr]
+			return seen[bs[0].Addr] && seen[bs[1].Addr]
 		})
 	}
 
@@ -228,11 +193,11 @@ upstreams:
 	for range n {
 		counts[call(t, ring)]++
 	}
-	share := float64(counts[bs[1].addr]) / n
+	share := float64(counts[bs[1].Addr]) / n
 	t.Logf("ring_hash, weights 1:3: weight-3 backend served %.3f of %d calls (%v)", share, n, counts)
 	// Binomial sd at n=2000 is ~1%; the ring's placement error at 4096
 	// entries adds a few percent: 0.06 is well outside both.
-	if math.Abs(share-0.75) > 0.06 || counts[bs[0].addr]+counts[bs[1].addr] != n {
+	if math.Abs(share-0.75) > 0.06 || counts[bs[0].Addr]+counts[bs[1].Addr] != n {
 		t.Errorf("weight-3 backend served %.3f of calls, want 0.75±0.06 (%v)", share, counts)
 	}
 
@@ -242,44 +207,44 @@ upstreams:
 	}
 	t.Logf("round_robin: %v", counts)
 	for _, b := range bs[:2] {
-		if c := counts[b.addr]; c < 49 || c > 51 {
-			t.Errorf("round_robin: backend %s served %d of 100 calls, want 50±1: %v", b.addr, c, counts)
+		if c := counts[b.Addr]; c < 49 || c > 51 {
+			t.Errorf("round_robin: backend %s served %d of 100 calls, want 50±1: %v", b.Addr, c, counts)
 		}
 	}
 
 	// The file changes: backend 0 goes, backend 2 comes. The client must
 	// reach backend 2 and stop calling backend 0.
 	start := time.Now()
-	next := map[string]int{bs[1].addr: 1, bs[2].addr: 1}
+	next := map[string]int{bs[1].Addr: 1, bs[2].Addr: 1}
 	writeEndpoints(t, epFile, map[string]map[string]int{"ring": next, "rr": next})
 	seen2 := false
 	until(t, rr, "the client to follow the endpoints file", func(addr string) bool {
-		seen2 = seen2 || addr == bs[2].addr
+		seen2 = seen2 || addr == bs[2].Addr
 		return seen2
 	})
 	t.Logf("endpoints file write → proxyless client calling the new backend: %v", time.Since(start).Round(time.Millisecond))
 	// Backend 0 may still finish what was in flight; after that, none.
 	streak := 0
 	until(t, rr, "backend 0 to be dropped", func(addr string) bool {
-		if addr == bs[0].addr {
+		if addr == bs[0].Addr {
 			streak = 0
 			return false
 		}
 		streak++
 		return streak == 10
 	})
-	before := bs[0].count()
+	before := bs[0].Count()
 	for _, c := range []healthpb.HealthClient{rr, ring} {
 		for range 50 {
-			if addr := call(t, c); addr == bs[0].addr {
+			if addr := call(t, c); addr == bs[0].Addr {
 				t.Fatalf("call served by removed backend %s", addr)
 			}
 		}
 	}
-	if got := bs[0].count(); got != before {
+	if got := bs[0].Count(); got != before {
 		t.Fatalf("removed backend served %d more calls", got-before)
 	}
-	if bs[2].count() == 0 {
+	if bs[2].Count() == 0 {
 		t.Fatal("the new backend served nothing")
 	}
 }

@@ -9,19 +9,18 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/testenv"
 	"github.com/sidemesh/sidemesh/xds"
 )
 
@@ -31,48 +30,14 @@ type source struct{ discovery.Fanout }
 
 func (*source) Close() error { return nil }
 
-// backend is a gRPC server (the health service is the RPC) that counts
-// the calls it serves.
-type backend struct {
-	addr string
-	mu   sync.Mutex
-	hits int
-}
-
-func (b *backend) count() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.hits
-}
-
-func startBackend(t *testing.T) *backend {
-	t.Helper()
-	b := &backend{}
-	g := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		b.mu.Lock()
-		b.hits++
-		b.mu.Unlock()
-		return h(ctx, req)
-	}))
-	healthpb.RegisterHealthServer(g, health.NewServer())
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.addr = lis.Addr().String()
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	return b
-}
-
 // setup starts two backends, our xDS server serving them as "api" with
 // the given settings and weights 1 and 3, and a gRPC client channel to
 // xds:///api.
-func setup(t *testing.T, settings xds.ClusterSettings) (*source, []*backend, healthpb.HealthClient) {
+func setup(t *testing.T, settings xds.ClusterSettings) (*source, []*testenv.GRPCBackend, healthpb.HealthClient) {
 	t.Helper()
-	backends := []*backend{startBackend(t), startBackend(t)}
+	backends := []*testenv.GRPCBackend{testenv.StartGRPCBackend(t), testenv.StartGRPCBackend(t)}
 	src := &source{}
-	publish(t, src, 1, map[string]uint32{backends[0].addr: 1, backends[1].addr: 3})
+	publish(t, src, 1, map[string]uint32{backends[0].Addr: 1, backends[1].Addr: 3})
 
 	srv, err := xds.NewServer(xds.ServerOptions{Source: src, Settings: []xds.ClusterSettings{settings}})
 	if err != nil {
@@ -158,29 +123,29 @@ func TestProxylessRoundRobin(t *testing.T) {
 		counts[call(t, client)]++
 	}
 	for _, b := range backends {
-		if n := counts[b.addr]; n < 49 || n > 51 {
-			t.Errorf("backend %s served %d of 100 calls, want 50±1 (round robin): %v", b.addr, n, counts)
+		if n := counts[b.Addr]; n < 49 || n > 51 {
+			t.Errorf("backend %s served %d of 100 calls, want 50±1 (round robin): %v", b.Addr, n, counts)
 		}
 	}
 
 	// A change in the source reaches the gRPC client: backend 0 goes.
-	publish(t, src, 2, map[string]uint32{backends[1].addr: 3})
+	publish(t, src, 2, map[string]uint32{backends[1].Addr: 3})
 	streak := 0
 	until(t, client, "backend 0 to be dropped", func(addr string) bool {
-		if addr != backends[1].addr {
+		if addr != backends[1].Addr {
 			streak = 0
 			return false
 		}
 		streak++
 		return streak == 5 // round robin over two would alternate
 	})
-	before := backends[0].count()
+	before := backends[0].Count()
 	for range 20 {
-		if addr := call(t, client); addr != backends[1].addr {
+		if addr := call(t, client); addr != backends[1].Addr {
 			t.Fatalf("call served by %s after it was removed", addr)
 		}
 	}
-	if backends[0].count() != before {
+	if backends[0].Count() != before {
 		t.Fatal("removed backend still served calls")
 	}
 }
@@ -203,7 +168,7 @@ func TestProxylessRingHashWeights(t *testing.T) {
 	for range n {
 		counts[call(t, client)]++
 	}
-	share := float64(counts[backends[1].addr]) / n
+	share := float64(counts[backends[1].Addr]) / n
 	// Binomial sd at n=2000 is ~1%; the ring's own placement error at
 	// 4096 entries is a few percent more: 0.06 is well outside both.
 	if math.Abs(share-0.75) > 0.06 {
