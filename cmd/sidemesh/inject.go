@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -26,7 +27,7 @@ func cmdInject(args []string, stdout, stderr io.Writer) int {
 	in := fs.String("f", "", "input manifests (YAML, - for stdin)")
 	image := fs.String("image", "ghcr.io/sidemesh/sidemesh:"+injectTag(), "sidecar image")
 	configMap := fs.String("config-map", "sidemesh-config", "ConfigMap holding sidemesh.yaml")
-	noCapture := fs.Bool("no-capture", false, "do not add the iptables init container")
+	noCapture := fs.Bool("no-capture", false, "do not add the capture init container")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -72,6 +73,8 @@ type injectOptions struct {
 const (
 	injectAdminPort   = 15000
 	injectCapturePort = 15001
+	injectInboundPort = 15006
+	injectProbePort   = 15021
 	injectProxyUID    = 1337
 )
 
@@ -167,15 +170,19 @@ func injectDoc(doc *yaml.Node, o injectOptions, n int) error {
 	}
 	var extra []*yaml.Node
 	if o.Capture {
+		// The capture rules are programmed through netlink by the sidecar
+		// binary itself (no iptables in the image): outbound TCP to the
+		// transparent listener, inbound TCP to the app's declared ports (all
+		// ports when none are declared) to the inbound listener.
 		extra = append(extra, mustNode(fmt.Sprintf(`
 name: sidemesh-init
 image: %s
-args: ["iptables", "install", "--proxy-port", "%d", "--proxy-uid", "%d"]
+args: ["iptables", "install", "--proxy-port", "%d", "--proxy-uid", "%d", "--inbound-port", "%d", "--inbound-ports", "%s", "--exclude-ports", "%d"]
 securityContext:
-  capabilities: {add: [NET_ADMIN, NET_RAW], drop: [ALL]}
+  capabilities: {add: [NET_ADMIN], drop: [ALL]}
   runAsUser: 0
   runAsNonRoot: false
-`, o.Image, injectCapturePort, injectProxyUID)))
+`, o.Image, injectCapturePort, injectProxyUID, injectInboundPort, appPorts(spec), injectProbePort)))
 	}
 	extra = append(extra, mustNode(fmt.Sprintf(`
 name: sidemesh
@@ -208,6 +215,32 @@ volumeMounts:
 	}
 	vols.Content = append(vols.Content, mustNode(fmt.Sprintf("name: sidemesh-config\nconfigMap: {name: %s}\n", o.ConfigMap)))
 	return nil
+}
+
+// appPorts lists the TCP container ports the pod's containers declare, in
+// order, for --inbound-ports; "*" (every port) when they declare none.
+func appPorts(spec *yaml.Node) string {
+	var ports []string
+	if cs := mapGet(spec, "containers"); cs != nil {
+		for _, c := range cs.Content {
+			ps := mapGet(c, "ports")
+			if ps == nil {
+				continue
+			}
+			for _, p := range ps.Content {
+				if proto := mapGet(p, "protocol"); proto != nil && proto.Value != "TCP" {
+					continue
+				}
+				if cp := mapGet(p, "containerPort"); cp != nil && cp.Value != "" && !slices.Contains(ports, cp.Value) {
+					ports = append(ports, cp.Value)
+				}
+			}
+		}
+	}
+	if len(ports) == 0 {
+		return "*"
+	}
+	return strings.Join(ports, ",")
 }
 
 func mustNode(s string) *yaml.Node {
