@@ -134,7 +134,7 @@ func Exprs(r Rule, f Family) []expr.Any {
 	if r.RedirectTo != 0 {
 		return append(e,
 			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.RedirectTo)},
-			&expr.Redir{RegisterProtoMin: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED},
+			&expr.Redir{RegisterProtoMin: 1, RegisterProtoMax: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED},
 		)
 	}
 	return append(e, &expr.Verdict{Kind: expr.VerdictReturn})

@@ -276,11 +276,11 @@ func ParseCIDRs(flag, s string) ([]netip.Prefix, error) {
 			p, err = netip.ParsePrefix(f)
 		} else {
 			var a netip.Addr
-			if a, err = netip.ParseAddr(f); err == nil {
+			if a, err = netip.ParseAddr(f); err == nil && a.Zone() == "" {
 				p = netip.PrefixFrom(a, a.BitLen())
 			}
 		}
-		if err != nil || p.Addr().Zone() != "" {
+		if err != nil || !p.IsValid() {
 			return nil, fmt.Errorf("%s: %q is not a CIDR", flag, f)
 		}
 		if p.Addr().Is4In6() && p.Bits() >= 96 {
