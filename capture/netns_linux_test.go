@@ -283,6 +283,23 @@ func fmtExprs[T any](es []T) string {
 
 func TestNetlinkCaptureInNamespace(t *testing.T) {
 	pod, peer := setupPods(t)
+	// --ipv6 auto: the pod has a global IPv6 address, a namespace with only
+	// lo does not.
+	bare := newNetns(t, fmt.Sprintf("sidemesh-cap-bare-%d", os.Getpid()))
+	bare.ip(t, "link", "set", "lo", "up")
+	for _, c := range []struct {
+		ns   *netns
+		want bool
+	}{{pod, true}, {bare, false}} {
+		var got bool
+		if err := c.ns.do(func() error { got = HasIPv6(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("HasIPv6 in %s: %v, want %v", c.ns.name, got, c.want)
+		}
+	}
+
 	rs, err := Build(integrationConfig)
 	if err != nil {
 		t.Fatal(err)

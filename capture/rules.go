@@ -308,12 +308,25 @@ func ParseUIDs(flag, s string) ([]uint32, error) {
 	return out, nil
 }
 
-// HasIPv6 reports whether the calling thread's network namespace has IPv6
-// (any interface address, ::1 on lo included).
+// HasIPv6 reports whether the calling thread's network namespace has a
+// global-scope IPv6 address on an interface other than lo: a pod that can
+// reach anything over IPv6.
 func HasIPv6() bool {
 	for _, p := range []string{"/proc/thread-self/net/if_inet6", "/proc/net/if_inet6"} {
 		if b, err := os.ReadFile(p); err == nil {
-			return len(strings.TrimSpace(string(b))) > 0
+			return hasGlobalIPv6(string(b))
+		}
+	}
+	return false
+}
+
+// hasGlobalIPv6 reads /proc/net/if_inet6: one address per line, "ADDR
+// IFINDEX PREFIXLEN SCOPE FLAGS IFNAME", scope 00 being global.
+func hasGlobalIPv6(ifInet6 string) bool {
+	for _, line := range strings.Split(ifInet6, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 6 && f[3] == "00" && f[5] != "lo" {
+			return true
 		}
 	}
 	return false

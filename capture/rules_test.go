@@ -156,3 +156,16 @@ func TestParse(t *testing.T) {
 		t.Errorf("uid root: %v", err)
 	}
 }
+
+func TestHasGlobalIPv6(t *testing.T) {
+	loOnly := "00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000001 02 40 20 80     eth0\n"
+	if hasGlobalIPv6(loOnly) {
+		t.Errorf("::1 and a link-local address count as IPv6 connectivity")
+	}
+	if !hasGlobalIPv6(loOnly + "20010002000000000000000000000001 02 40 00 80     eth0\n") {
+		t.Errorf("2001:2::1 on eth0 does not count")
+	}
+	if hasGlobalIPv6("") {
+		t.Errorf("no addresses count")
+	}
+}
