@@ -13,6 +13,16 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
+// TestMain lets a test run this binary's main (run) in another process, as
+// a container would: with SIDEMESH_TEST_RUN_MAIN=1 the test binary is
+// sidemesh with the given arguments.
+func TestMain(m *testing.M) {
+	if os.Getenv("SIDEMESH_TEST_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
 func TestInjectGolden(t *testing.T) {
 	in := filepath.Join("..", "..", "deploy", "kubernetes", "web.yaml")
 	var out, errb bytes.Buffer
