@@ -62,10 +62,11 @@ func (b Iptables) RemoveCommands(families []Family) []Command {
 }
 
 // InstallCommands are the commands that install rs: first the removal of
-// an earlier install (so installing twice leaves one rule set), then one
-// chain per hook jumped to from the nat table's built-in chain.
+// an earlier install of either family (so installing twice leaves one rule
+// set), then one chain per hook jumped to from the nat table's built-in
+// chain.
 func (b Iptables) InstallCommands(rs Ruleset) []Command {
-	out := b.RemoveCommands(rs.Families())
+	out := b.RemoveCommands([]Family{IPv4, IPv6})
 	for _, t := range rs.Tables {
 		bin := b.bin(t.Family)
 		for _, c := range t.Chains {

@@ -300,24 +300,104 @@ func TestNetlinkCaptureInNamespace(t *testing.T) {
 		}
 	}
 
+	nl := Netlink{NetNSFd: pod.fd}
+	testBackend(t, pod, peer, backend{
+		install: func(rs Ruleset) error {
+			err := nl.Install(rs)
+			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) {
+				unavailable(t, fmt.Sprintf("this kernel does not allow nf_tables nat in a network namespace: %v", err))
+			}
+			return err
+		},
+		remove:    func() error { return nl.Remove([]Family{IPv4, IPv6}) },
+		installed: func(t *testing.T, rs Ruleset) { checkInstalled(t, pod, rs) },
+		removed: func(t *testing.T) {
+			if got := listTables(t, pod); len(got) != 0 {
+				t.Fatalf("the kernel still holds sidemesh tables: %v", got)
+			}
+		},
+	})
+}
+
+// The same scenario with the iptables backend, when the binaries exist.
+func TestIptablesCaptureInNamespace(t *testing.T) {
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			unavailable(t, bin+" is not installed (the iptables backend runs it)")
+		}
+	}
+	pod, peer := setupPods(t)
+	ipt := Iptables{}
+	save := func(t *testing.T, f Family) string {
+		t.Helper()
+		var out []byte
+		err := pod.do(func() (err error) {
+			out, err = exec.Command(ipt.bin(f)+"-save", "-t", "nat").CombinedOutput()
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s-save: %v: %s", ipt.bin(f), err, out)
+		}
+		return string(out)
+	}
+	testBackend(t, pod, peer, backend{
+		install: func(rs Ruleset) error { return pod.do(func() error { return Run(ipt.InstallCommands(rs)) }) },
+		remove: func() error {
+			return pod.do(func() error { return Run(ipt.RemoveCommands([]Family{IPv4, IPv6})) })
+		},
+		installed: func(t *testing.T, rs Ruleset) {
+			t.Helper()
+			for _, tb := range rs.Tables {
+				nat := save(t, tb.Family)
+				for _, ch := range tb.Chains {
+					name := chainName(ch.Hook)
+					if got := strings.Count(nat, "-A "+name+" "); got != len(ch.Rules) {
+						t.Errorf("%s: %d rules in %s, want %d:\n%s", ipt.bin(tb.Family), got, name, len(ch.Rules), nat)
+					}
+					if got := strings.Count(nat, "-j "+name+"\n"); got != 1 {
+						t.Errorf("%s: %d jumps to %s, want 1:\n%s", ipt.bin(tb.Family), got, name, nat)
+					}
+				}
+			}
+		},
+		removed: func(t *testing.T) {
+			t.Helper()
+			for _, f := range []Family{IPv4, IPv6} {
+				if nat := save(t, f); strings.Contains(nat, "SIDEMESH") {
+					t.Fatalf("%s still holds sidemesh chains:\n%s", ipt.bin(f), nat)
+				}
+			}
+		},
+	})
+}
+
+// backend is one way of programming the rules, with its own way of
+// reading back what the kernel holds.
+type backend struct {
+	install   func(Ruleset) error
+	remove    func() error
+	installed func(t *testing.T, rs Ruleset) // the kernel holds exactly rs
+	removed   func(t *testing.T)             // the kernel holds nothing of ours
+}
+
+// testBackend installs integrationConfig in pod and checks, over IPv4 and
+// IPv6, which listener each connection lands on; then reinstalls with every
+// inbound port captured, and removes.
+func testBackend(t *testing.T, pod, peer *netns, b backend) {
 	rs, err := Build(integrationConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nl := Netlink{NetNSFd: pod.fd}
-	if err := nl.Install(rs); err != nil {
-		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) {
-			unavailable(t, fmt.Sprintf("this kernel does not allow nf_tables nat in a network namespace: %v", err))
-		}
+	if err := b.install(rs); err != nil {
 		t.Fatalf("install: %v", err)
 	}
-	checkInstalled(t, pod, rs)
+	b.installed(t, rs)
 
 	// Installing twice leaves one rule set.
-	if err := nl.Install(rs); err != nil {
+	if err := b.install(rs); err != nil {
 		t.Fatalf("second install: %v", err)
 	}
-	checkInstalled(t, pod, rs)
+	b.installed(t, rs)
 
 	type hop struct {
 		from *netns
@@ -369,10 +449,10 @@ func TestNetlinkCaptureInNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nl.Install(rsAll); err != nil {
+	if err := b.install(rsAll); err != nil {
 		t.Fatalf("install with --inbound-ports '*': %v", err)
 	}
-	checkInstalled(t, pod, rsAll)
+	b.installed(t, rsAll)
 	check([]hop{
 		{peer, 0, hp(podV4, 7070), "inbound " + hp(podV4, 7070)},
 		{peer, 0, hp(podV6, 7070), "inbound " + hp(podV6, 7070)},
@@ -382,12 +462,10 @@ func TestNetlinkCaptureInNamespace(t *testing.T) {
 
 	// Remove leaves nothing, and removing again is not an error.
 	for i := range 2 {
-		if err := nl.Remove([]Family{IPv4, IPv6}); err != nil {
+		if err := b.remove(); err != nil {
 			t.Fatalf("remove #%d: %v", i+1, err)
 		}
-		if got := listTables(t, pod); len(got) != 0 {
-			t.Fatalf("after remove #%d the kernel still holds sidemesh tables: %v", i+1, got)
-		}
+		b.removed(t)
 	}
 	check([]hop{
 		{pod, 1000, hp(peerV4, 8080), "peer " + hp(peerV4, 8080)},

@@ -47,9 +47,12 @@ func cmdIptables(args []string, stdout, stderr io.Writer) int {
 		return usageErr(fmt.Errorf("--backend: %q is neither nftables nor iptables", *backend))
 	}
 	c := capture.Config{ProxyPort: uint16(*proxyPort), ProxyUID: uint32(*proxyUID), InboundPort: uint16(*inboundPort)}
-	for name, v := range map[string]uint{"--proxy-port": *proxyPort, "--inbound-port": *inboundPort} {
-		if v == 0 || v > 65535 {
-			return usageErr(fmt.Errorf("%s: %d is not a port", name, v))
+	for _, p := range []struct {
+		flag string
+		v    uint
+	}{{"--proxy-port", *proxyPort}, {"--inbound-port", *inboundPort}} {
+		if p.v == 0 || p.v > 65535 {
+			return usageErr(fmt.Errorf("%s: %d is not a port", p.flag, p.v))
 		}
 	}
 	if *proxyUID > 1<<32-1 {
@@ -84,7 +87,7 @@ func cmdIptables(args []string, stdout, stderr io.Writer) int {
 
 	if *backend == "iptables" {
 		ipt := capture.Iptables{IPv4Bin: *bin, IPv6Bin: *bin6}
-		cmds := ipt.RemoveCommands(rs.Families())
+		cmds := ipt.RemoveCommands([]capture.Family{capture.IPv4, capture.IPv6})
 		if args[0] == "install" {
 			cmds = ipt.InstallCommands(rs)
 		}

@@ -109,6 +109,12 @@ iptables -t nat -X SIDEMESH_OUTPUT
 iptables -t nat -D PREROUTING -p tcp -j SIDEMESH_INBOUND
 iptables -t nat -F SIDEMESH_INBOUND
 iptables -t nat -X SIDEMESH_INBOUND
+ip6tables -t nat -D OUTPUT -p tcp -j SIDEMESH_OUTPUT
+ip6tables -t nat -F SIDEMESH_OUTPUT
+ip6tables -t nat -X SIDEMESH_OUTPUT
+ip6tables -t nat -D PREROUTING -p tcp -j SIDEMESH_INBOUND
+ip6tables -t nat -F SIDEMESH_INBOUND
+ip6tables -t nat -X SIDEMESH_INBOUND
 iptables -t nat -N SIDEMESH_OUTPUT
 iptables -t nat -A SIDEMESH_OUTPUT -m owner --uid-owner 1337 -j RETURN
 iptables -t nat -A SIDEMESH_OUTPUT -d 127.0.0.0/8 -j RETURN
