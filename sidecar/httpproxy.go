@@ -674,10 +674,10 @@ func (b *doneBody) Close() error {
 
 // upstreamHandler serves one outbound listener.
 type upstreamHandler struct {
-	c        *Cluster
-	rp       *httputil.ReverseProxy
-	timeout  time.Duration
-	hashes   []upstream.HashPolicy
+	c       *Cluster
+	rp      *httputil.ReverseProxy
+	timeout time.Duration
+	hashes  []upstream.HashPolicy
 }
 
 func newUpstreamHandler(c *Cluster) *upstreamHandler {
