@@ -139,18 +139,9 @@ func (u *Upstream) SetDefaults() {
 	u.Settings.SetDefaults()
 }
 
+// bad is a config error naming the key and its value.
 func bad(key string, value any, why string) error {
-	return fmt.Errorf("%w: %s: %s %s", ErrConfig, key, quote(value), why)
-}
-
-func quote(v any) string {
-	switch v := v.(type) {
-	case string:
-		return fmt.Sprintf("%q", v)
-	case time.Duration:
-		return fmt.Sprintf("%q", v.String())
-	}
-	return fmt.Sprint(v)
+	return fmt.Errorf("%w: %w", ErrConfig, &upstream.KeyError{Key: key, Value: value, Why: why})
 }
 
 func validAddr(key, addr string) error {
