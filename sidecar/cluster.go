@@ -445,7 +445,7 @@ func (c *Cluster) rebuild() {
 	for _, h := range c.hosts {
 		all = append(all, h)
 		ok := c.hostEligible(h)
-		if ok && !h.eligible && h.everEligible && c.cfg.SlowStart != nil {
+		if ok && !h.eligible && h.everEligible && c.eff.SlowStart != nil {
 			// returning from ejection or failed checks: ramp up again
 			h.eligibleSince = now
 		}
@@ -475,9 +475,9 @@ func (c *Cluster) rebuild() {
 	eps := make([]balancer.Endpoint, len(use))
 	ramping := false
 	scale := uint32(1)
-	if c.cfg.SlowStart != nil {
+	if c.eff.SlowStart != nil {
 		for _, h := range use {
-			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.cfg.SlowStart.Window {
+			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.eff.SlowStart.Window {
 				ramping = true
 			}
 		}
@@ -488,7 +488,7 @@ func (c *Cluster) rebuild() {
 	for i, h := range use {
 		w := h.weight.Load() * scale
 		if ramping && !h.eligibleSince.IsZero() {
-			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.cfg.SlowStart)
+			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.eff.SlowStart)
 		}
 		eps[i] = balancer.Endpoint{Address: h.Addr, Weight: w, Active: &h.Active}
 	}
@@ -510,7 +510,7 @@ func (c *Cluster) rebuild() {
 	st.picker, st.hosts = p, use
 	c.state.Store(st)
 	if ramping && !c.closed {
-		step := c.cfg.SlowStart.Window / 20
+		step := c.eff.SlowStart.Window / 20
 		if step < 50*time.Millisecond {
 			step = 50 * time.Millisecond
 		}
