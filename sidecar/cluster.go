@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,7 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/health"
 	"github.com/sidemesh/sidemesh/sidecar/outlier"
 	"github.com/sidemesh/sidemesh/tracing"
-	"github.com/sidemesh/sidemesh/xds"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 // Errors the request path answers with (mapped to HTTP in one place: errors.go).
@@ -79,6 +80,7 @@ type Cluster struct {
 	br         atomic.Pointer[breaker.Breaker]
 	connTO     atomic.Int64 // connect_timeout, ns
 	policy     atomic.Pointer[string]
+	hashing    atomic.Bool // the policy in force uses the request hash
 	tp         *tracing.Provider
 	inbound    bool
 	hadTraffic atomic.Bool
@@ -90,7 +92,10 @@ type Cluster struct {
 	lbPolicy string
 	lbConfig balancer.Config
 	panicPct float64
-	lastCDS  *xds.ClusterSettings
+	// eff is the settings in force: the file's merged with the last from
+	// CDS (upstream.Merge); lastCDS is that last from CDS (nil: none yet).
+	eff     upstream.Settings
+	lastCDS *upstream.Settings
 	// onRemoved runs (outside mu) when hosts leave the cluster.
 	onRemoved []func()
 
@@ -127,11 +132,11 @@ func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger)
 		lbPolicy: u.LBPolicy,
 		lbConfig: u.LB,
 		panicPct: *u.HealthyPanicThreshold,
+		eff:      u.Settings,
 	}
 	c.br.Store(breaker.New(*u.CircuitBreakers))
 	c.connTO.Store(int64(u.ConnectTimeout))
-	pol := u.LBPolicy
-	c.policy.Store(&pol)
+	c.setPolicy(u.LBPolicy)
 	if !u.noOutlier {
 		c.od = c.newDetector(*u.OutlierDetection)
 	}
@@ -170,6 +175,98 @@ func (c *Cluster) breaker() *breaker.Breaker { return c.br.Load() }
 func (c *Cluster) connectTimeout() time.Duration { return time.Duration(c.connTO.Load()) }
 
 func (c *Cluster) policyName() string { return *c.policy.Load() }
+
+// usesHash reports whether the policy in force picks by the request hash
+// (hash_policy applies only then).
+func (c *Cluster) usesHash() bool { return c.hashing.Load() }
+
+func (c *Cluster) setPolicy(name string) {
+	c.lbPolicy = name
+	c.policy.Store(&name)
+	c.hashing.Store(balancer.Hashing(name))
+}
+
+// applySettings applies upstream settings received over CDS with the
+// per-key rule of upstream.Merge: a key set in the local config file wins;
+// every key it leaves out takes the control plane's value. Swaps happen
+// without dropping requests: a request keeps the breaker it started with.
+// Each of breaker, outlier detector and health checker is rebuilt only
+// when its own effective settings changed: a new one starts from scratch
+// (ejections forgotten, every host unhealthy until checked again).
+func (c *Cluster) applySettings(remote upstream.Settings) {
+	c.mu.Lock()
+	if c.closed || (c.lastCDS != nil && reflect.DeepEqual(*c.lastCDS, remote)) {
+		c.mu.Unlock()
+		return
+	}
+	c.lastCDS = &remote
+	prev := c.eff
+	eff := upstream.Merge(c.cfg.Settings, remote, c.cfg.IsSet)
+	// Options the picker would refuse would make every later rebuild
+	// fail, freezing the endpoints in force: keep the ones in force.
+	lb := eff.LB
+	lb.SetDefaults()
+	if err := lb.Validate(""); err != nil {
+		c.log.Warn("lb options from xDS ignored", "err", err)
+		eff.LB = prev.LB
+	}
+	c.eff = eff
+	if eff.LBPolicy != "" && balancer.ValidPolicy(eff.LBPolicy) {
+		c.setPolicy(eff.LBPolicy)
+	}
+	c.lbConfig = eff.LB
+	if p := eff.HealthyPanicThreshold; p != nil {
+		c.panicPct = *p
+	}
+	if eff.ConnectTimeout > 0 {
+		c.connTO.Store(int64(eff.ConnectTimeout))
+	}
+	if b := eff.CircuitBreakers; b != nil && !reflect.DeepEqual(prev.CircuitBreakers, b) {
+		cfg := *b
+		cfg.SetDefaults()
+		c.br.Store(breaker.New(cfg))
+	}
+	if o := eff.OutlierDetection; o != nil && !c.inbound && !reflect.DeepEqual(prev.OutlierDetection, o) {
+		cfg := *o
+		cfg.SetDefaults()
+		c.od = c.newDetector(cfg)
+		c.bindDetectorLocked(c.hostAddrsLocked())
+		c.runDetectorLocked()
+	}
+	var oldHC *health.Checker
+	if !reflect.DeepEqual(prev.HealthCheck, eff.HealthCheck) {
+		oldHC = c.hc
+		c.hc = nil
+		if h := eff.HealthCheck; h != nil {
+			cfg := *h
+			cfg.SetDefaults()
+			c.hc = c.newChecker(cfg)
+			c.hc.SetHosts(c.hostAddrsLocked())
+		}
+	}
+	c.mu.Unlock()
+	if oldHC != nil {
+		oldHC.Close()
+	}
+	c.log.Info("cluster settings from xDS applied (keys in the local file win)", "lb_policy", c.policyName())
+	c.rebuild()
+}
+
+// hostAddrsLocked lists the hosts' addresses; the caller holds mu.
+func (c *Cluster) hostAddrsLocked() []string {
+	addrs := make([]string, 0, len(c.hosts))
+	for a := range c.hosts {
+		addrs = append(addrs, a)
+	}
+	return addrs
+}
+
+// XDSApplied reports whether cluster settings have arrived over CDS.
+func (c *Cluster) XDSApplied() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastCDS != nil
+}
 
 // runDetector starts the detector's interval loop; the caller holds mu.
 func (c *Cluster) runDetectorLocked() {
@@ -348,7 +445,7 @@ func (c *Cluster) rebuild() {
 	for _, h := range c.hosts {
 		all = append(all, h)
 		ok := c.hostEligible(h)
-		if ok && !h.eligible && h.everEligible && c.cfg.SlowStart != nil {
+		if ok && !h.eligible && h.everEligible && c.eff.SlowStart != nil {
 			// returning from ejection or failed checks: ramp up again
 			h.eligibleSince = now
 		}
@@ -378,9 +475,9 @@ func (c *Cluster) rebuild() {
 	eps := make([]balancer.Endpoint, len(use))
 	ramping := false
 	scale := uint32(1)
-	if c.cfg.SlowStart != nil {
+	if c.eff.SlowStart != nil {
 		for _, h := range use {
-			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.cfg.SlowStart.Window {
+			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.eff.SlowStart.Window {
 				ramping = true
 			}
 		}
@@ -391,7 +488,7 @@ func (c *Cluster) rebuild() {
 	for i, h := range use {
 		w := h.weight.Load() * scale
 		if ramping && !h.eligibleSince.IsZero() {
-			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.cfg.SlowStart)
+			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.eff.SlowStart)
 		}
 		eps[i] = balancer.Endpoint{Address: h.Addr, Weight: w, Active: &h.Active}
 	}
@@ -413,7 +510,7 @@ func (c *Cluster) rebuild() {
 	st.picker, st.hosts = p, use
 	c.state.Store(st)
 	if ramping && !c.closed {
-		step := c.cfg.SlowStart.Window / 20
+		step := c.eff.SlowStart.Window / 20
 		if step < 50*time.Millisecond {
 			step = 50 * time.Millisecond
 		}
@@ -427,7 +524,7 @@ func (c *Cluster) rebuild() {
 
 // slowStartWeight is Envoy's slow start: weight · max(min_weight_percent,
 // (t/window)^(1/aggression)).
-func slowStartWeight(w uint32, age time.Duration, s *SlowStartConfig) uint32 {
+func slowStartWeight(w uint32, age time.Duration, s *upstream.SlowStartConfig) uint32 {
 	if age >= s.Window {
 		return w
 	}

@@ -9,11 +9,9 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery/consul"
-	"github.com/sidemesh/sidemesh/sidecar/balancer"
-	"github.com/sidemesh/sidemesh/sidecar/breaker"
 	"github.com/sidemesh/sidemesh/sidecar/health"
-	"github.com/sidemesh/sidemesh/sidecar/outlier"
 	"github.com/sidemesh/sidemesh/tracing"
+	"github.com/sidemesh/sidemesh/upstream"
 	"github.com/sidemesh/sidemesh/xds"
 )
 
@@ -72,70 +70,23 @@ type DrainConfig struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
-// Upstream is one upstream service with its outbound listener.
+// Upstream is one upstream service with its outbound listener: its name,
+// listener and protocol, and its settings (package upstream, inline: the
+// keys sit beside service, listen and protocol).
 type Upstream struct {
-	Service               string           `yaml:"service"`
-	Listen                string           `yaml:"listen"`
-	Protocol              string           `yaml:"protocol"`
-	LBPolicy              string           `yaml:"lb_policy"`
-	LB                    balancer.Config  `yaml:",inline"`
-	HashPolicy            []HashPolicy     `yaml:"hash_policy"`
-	ConnectTimeout        time.Duration    `yaml:"connect_timeout"`
-	Timeout               *time.Duration   `yaml:"timeout"`
-	IdleTimeout           time.Duration    `yaml:"idle_timeout"`
-	RetryPolicy           *RetryPolicy     `yaml:"retry_policy"`
-	OutlierDetection      *outlier.Config  `yaml:"outlier_detection"`
-	CircuitBreakers       *breaker.Config  `yaml:"circuit_breakers"`
-	HealthCheck           *health.Config   `yaml:"health_check"`
-	HealthyPanicThreshold *float64         `yaml:"healthy_panic_threshold"`
-	SlowStart             *SlowStartConfig `yaml:"slow_start"`
-	MaxIdleConnsPerHost   int              `yaml:"max_idle_connections_per_endpoint"`
-	set                   map[string]bool  // keys present in the file (xDS: local keys win)
-	noOutlier             bool             // inbound: never eject the local app
+	Service           string `yaml:"service"`
+	Listen            string `yaml:"listen"`
+	Protocol          string `yaml:"protocol"`
+	upstream.Settings `yaml:",inline"`
+	set               map[string]bool // keys present in the file (xDS: local keys win)
+	noOutlier         bool            // inbound: never eject the local app
 }
 
-// HashPolicy says what ring_hash and maglev hash on (Envoy's route hash_policy).
-type HashPolicy struct {
-	Header   string `yaml:"header"`
-	SourceIP bool   `yaml:"source_ip"`
-}
-
-// RetryPolicy is Envoy's route retry policy.
-type RetryPolicy struct {
-	RetryOn              string        `yaml:"retry_on"`
-	NumRetries           *int          `yaml:"num_retries"`
-	PerTryTimeout        time.Duration `yaml:"per_try_timeout"`
-	RetriableStatusCodes []int         `yaml:"retriable_status_codes"`
-	RetryBackOff         BackOff       `yaml:"retry_back_off"`
-	// MaxBufferBytes bounds the request body kept for replay; a larger
-	// body is streamed and not retried (Envoy's per_request_buffer_limit).
-	MaxBufferBytes int64 `yaml:"max_buffer_bytes"`
-}
-
-// BackOff is Envoy's retry_back_off.
-type BackOff struct {
-	BaseInterval time.Duration `yaml:"base_interval"`
-	MaxInterval  time.Duration `yaml:"max_interval"`
-}
-
-// SlowStartConfig is Envoy's slow_start_config.
-type SlowStartConfig struct {
-	Window           time.Duration `yaml:"slow_start_window"`
-	Aggression       float64       `yaml:"aggression"`
-	MinWeightPercent float64       `yaml:"min_weight_percent"`
-}
-
-// Defaults (DESIGN.md; Envoy's where DESIGN is silent).
+// Defaults of the keys outside upstreams[] (those of upstreams[] are in
+// package upstream).
 const (
-	DefaultAdmin          = "127.0.0.1:15000"
-	DefaultConnectTimeout = 5 * time.Second
-	DefaultTimeout        = 15 * time.Second
-	DefaultIdleTimeout    = time.Hour // Envoy's common_http_protocol_options.idle_timeout
-	DefaultPanicThreshold = 50.0
-	DefaultRetryBase      = 25 * time.Millisecond
-	DefaultMaxBuffer      = 64 << 10
-	DefaultDrainTimeout   = 5 * time.Second
-	DefaultIdlePerHost    = 256
+	DefaultAdmin        = "127.0.0.1:15000"
+	DefaultDrainTimeout = 5 * time.Second
 )
 
 // SetDefaults fills every key left out with its default.
@@ -157,7 +108,7 @@ func (c *Config) SetDefaults() {
 			s.Weight = 1
 		}
 		if s.Timeout == 0 {
-			s.Timeout = DefaultTimeout
+			s.Timeout = upstream.DefaultTimeout
 		}
 		if s.HealthCheck != nil {
 			s.HealthCheck.SetDefaults()
@@ -180,84 +131,17 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// SetDefaults fills an upstream's defaults (DESIGN.md, then Envoy's).
+// SetDefaults fills an upstream's defaults.
 func (u *Upstream) SetDefaults() {
 	if u.Protocol == "" {
 		u.Protocol = "http"
 	}
-	if u.LBPolicy == "" {
-		u.LBPolicy = balancer.RoundRobin
-	}
-	u.LB.SetDefaults()
-	if u.ConnectTimeout == 0 {
-		u.ConnectTimeout = DefaultConnectTimeout
-	}
-	if u.Timeout == nil {
-		d := DefaultTimeout
-		u.Timeout = &d
-	}
-	if u.IdleTimeout == 0 {
-		u.IdleTimeout = DefaultIdleTimeout
-	}
-	if u.RetryPolicy == nil {
-		// Istio's default: retry only where the request never reached the app.
-		two := 2
-		u.RetryPolicy = &RetryPolicy{RetryOn: "connect-failure,refused-stream", NumRetries: &two}
-	}
-	rp := u.RetryPolicy
-	if rp.NumRetries == nil {
-		one := 1 // Envoy's default
-		rp.NumRetries = &one
-	}
-	if rp.RetryBackOff.BaseInterval == 0 {
-		rp.RetryBackOff.BaseInterval = DefaultRetryBase
-	}
-	if rp.RetryBackOff.MaxInterval == 0 {
-		rp.RetryBackOff.MaxInterval = 10 * rp.RetryBackOff.BaseInterval
-	}
-	if rp.MaxBufferBytes == 0 {
-		rp.MaxBufferBytes = DefaultMaxBuffer
-	}
-	if u.OutlierDetection == nil {
-		u.OutlierDetection = &outlier.Config{}
-	}
-	u.OutlierDetection.SetDefaults()
-	if u.CircuitBreakers == nil {
-		u.CircuitBreakers = &breaker.Config{}
-	}
-	u.CircuitBreakers.SetDefaults()
-	if u.HealthCheck != nil {
-		u.HealthCheck.SetDefaults()
-	}
-	if u.HealthyPanicThreshold == nil {
-		p := DefaultPanicThreshold
-		u.HealthyPanicThreshold = &p
-	}
-	if u.SlowStart != nil {
-		if u.SlowStart.Aggression == 0 {
-			u.SlowStart.Aggression = 1.0
-		}
-		if u.SlowStart.MinWeightPercent == 0 {
-			u.SlowStart.MinWeightPercent = 10
-		}
-	}
-	if u.MaxIdleConnsPerHost == 0 {
-		u.MaxIdleConnsPerHost = DefaultIdlePerHost
-	}
+	u.Settings.SetDefaults()
 }
 
+// bad is a config error naming the key and its value.
 func bad(key string, value any, why string) error {
-	return fmt.Errorf("%w: %s: %s %s", ErrConfig, key, quote(value), why)
-}
-
-func quote(v any) string {
-	switch v := v.(type) {
-	case string:
-		return fmt.Sprintf("%q", v)
-	case time.Duration:
-		return fmt.Sprintf("%q", v.String())
-	}
-	return fmt.Sprint(v)
+	return fmt.Errorf("%w: %w", ErrConfig, &upstream.KeyError{Key: key, Value: value, Why: why})
 }
 
 func validAddr(key, addr string) error {
@@ -367,13 +251,6 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-var retryOnKnown = map[string]bool{
-	"5xx": true, "gateway-error": true, "reset": true, "connect-failure": true,
-	"retriable-4xx": true, "refused-stream": true, "retriable-status-codes": true,
-	"cancelled": true, "deadline-exceeded": true, "unavailable": true, "resource-exhausted": true,
-	"internal": true,
-}
-
 // Validate checks one upstream; p is its key path.
 func (u *Upstream) Validate(p string) error {
 	if u.Service == "" {
@@ -387,84 +264,8 @@ func (u *Upstream) Validate(p string) error {
 	if !protocols[u.Protocol] {
 		return bad(p+".protocol", u.Protocol, "must be one of http, grpc, tcp")
 	}
-	if !balancer.ValidPolicy(u.LBPolicy) {
-		return bad(p+".lb_policy", u.LBPolicy, "must be one of weighted_random, round_robin, least_request, ring_hash, maglev")
-	}
-	if err := u.LB.Validate(p); err != nil {
+	if err := u.Settings.Validate(p); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	for i, h := range u.HashPolicy {
-		hp := fmt.Sprintf("%s.hash_policy[%d]", p, i)
-		if (h.Header == "") == !h.SourceIP {
-			return fmt.Errorf("%w: %s: set exactly one of header, source_ip", ErrConfig, hp)
-		}
-	}
-	if u.ConnectTimeout <= 0 {
-		return bad(p+".connect_timeout", u.ConnectTimeout, "must be > 0")
-	}
-	if *u.Timeout < 0 {
-		return bad(p+".timeout", *u.Timeout, "must be >= 0 (0 disables it)")
-	}
-	if u.IdleTimeout < 0 {
-		return bad(p+".idle_timeout", u.IdleTimeout, "must be > 0")
-	}
-	rp := u.RetryPolicy
-	for _, on := range strings.Split(rp.RetryOn, ",") {
-		on = strings.TrimSpace(on)
-		if on == "" {
-			continue
-		}
-		if !retryOnKnown[on] {
-			return bad(p+".retry_policy.retry_on", on, "is not a retry condition (5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, retriable-status-codes, cancelled, deadline-exceeded, unavailable, resource-exhausted)")
-		}
-	}
-	if *rp.NumRetries < 0 || *rp.NumRetries > 10 {
-		return bad(p+".retry_policy.num_retries", *rp.NumRetries, "must be in 0..10")
-	}
-	if rp.PerTryTimeout < 0 {
-		return bad(p+".retry_policy.per_try_timeout", rp.PerTryTimeout, "must be >= 0")
-	}
-	for i, code := range rp.RetriableStatusCodes {
-		if code < 100 || code > 599 {
-			return bad(fmt.Sprintf("%s.retry_policy.retriable_status_codes[%d]", p, i), code, "is not an HTTP status code")
-		}
-	}
-	if rp.RetryBackOff.BaseInterval < 0 {
-		return bad(p+".retry_policy.retry_back_off.base_interval", rp.RetryBackOff.BaseInterval, "must be > 0")
-	}
-	if rp.RetryBackOff.MaxInterval < rp.RetryBackOff.BaseInterval {
-		return bad(p+".retry_policy.retry_back_off.max_interval", rp.RetryBackOff.MaxInterval, "must be >= base_interval")
-	}
-	if rp.MaxBufferBytes < 0 {
-		return bad(p+".retry_policy.max_buffer_bytes", rp.MaxBufferBytes, "must be >= 0")
-	}
-	if err := u.OutlierDetection.Validate(p + ".outlier_detection"); err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	if err := u.CircuitBreakers.Validate(p + ".circuit_breakers"); err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	if u.HealthCheck != nil {
-		if err := u.HealthCheck.Validate(p + ".health_check"); err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
-		}
-	}
-	if t := *u.HealthyPanicThreshold; t < 0 || t > 100 {
-		return bad(p+".healthy_panic_threshold", t, "must be a percentage in 0..100")
-	}
-	if s := u.SlowStart; s != nil {
-		if s.Window <= 0 {
-			return bad(p+".slow_start.slow_start_window", s.Window, "must be > 0")
-		}
-		if s.Aggression <= 0 {
-			return bad(p+".slow_start.aggression", s.Aggression, "must be > 0")
-		}
-		if s.MinWeightPercent <= 0 || s.MinWeightPercent > 100 {
-			return bad(p+".slow_start.min_weight_percent", s.MinWeightPercent, "must be in (0, 100]")
-		}
-	}
-	if u.MaxIdleConnsPerHost < 0 {
-		return bad(p+".max_idle_connections_per_endpoint", u.MaxIdleConnsPerHost, "must be >= 0")
 	}
 	return nil
 }

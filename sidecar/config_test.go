@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 const goodBase = "discovery: {file: ep.yaml}\nupstreams:\n  - service: api\n    listen: 127.0.0.1:9001\n"
@@ -36,6 +37,10 @@ func TestBadConfigs(t *testing.T) {
 		{"hash policy", goodBase + "    hash_policy: [{}]\n", "bad.yaml: config: upstreams[0].hash_policy[0]: set exactly one of header, source_ip"},
 		{"log level", "log_level: loud\n", `bad.yaml: config: log_level: "loud" must be one of debug, info, warn, error`},
 		{"admin", "admin: 15000\n", `bad.yaml: config: admin: "15000" is not host:port`},
+		{"retry_on lists every condition", goodBase + "    retry_policy: {retry_on: \"5xx,sometimes\"}\n",
+			`bad.yaml: config: upstreams[0].retry_policy.retry_on: "sometimes" is not a retry condition (5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, retriable-status-codes, cancelled, deadline-exceeded, unavailable, resource-exhausted, internal)`},
+		{"tcp idle timeout", goodBase + "    tcp_idle_timeout: -1s\n", `bad.yaml: config: upstreams[0].tcp_idle_timeout: "-1s" must be >= 0 (0 disables it)`},
+		{"maglev table size has no key", goodBase + "    maglev_lb_config: {table_size: 7}\n", "bad.yaml: config: upstreams[0].maglev_lb_config: unknown key (line 5)"},
 		{"slow start", goodBase + "    slow_start: {slow_start_window: 0s}\n", `bad.yaml: config: upstreams[0].slow_start.slow_start_window: "0s" must be > 0`},
 		{"empty", "", "bad.yaml: empty file"},
 	}
@@ -82,6 +87,16 @@ func TestDefaults(t *testing.T) {
 	}
 	if !c.Upstreams[0].IsSet("retry_policy") || c.Upstreams[0].IsSet("lb_policy") {
 		t.Fatal("IsSet does not track file keys")
+	}
+	if d := c.Upstreams[0].TCPIdleTimeout; d == nil || *d != time.Hour {
+		t.Fatalf("tcp_idle_timeout %v, want Envoy's 1h", d)
+	}
+	c, err = Parse("ok.yaml", []byte(goodBase+"    tcp_idle_timeout: 0s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Upstreams[0].TCPIdleTimeout; d == nil || *d != 0 || !c.Upstreams[0].IsSet("tcp_idle_timeout") {
+		t.Fatalf("tcp_idle_timeout: 0s gave %v, want 0 (disabled) and set", d)
 	}
 }
 

@@ -24,38 +24,27 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
 	"github.com/sidemesh/sidemesh/sidecar/outlier"
 	"github.com/sidemesh/sidemesh/tracing"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 // retry_on conditions as bits.
+// Retry conditions (the one table is upstream's).
 const (
-	ro5xx uint32 = 1 << iota
-	roGatewayError
-	roReset
-	roConnectFailure
-	roRetriable4xx
-	roRefusedStream
-	roRetriableStatus
-	roGrpcCancelled
-	roGrpcDeadline
-	roGrpcUnavailable
-	roGrpcResourceExhausted
-	roGrpcInternal
+	ro5xx                   = uint32(upstream.RetryOn5xx)
+	roGatewayError          = uint32(upstream.RetryOnGatewayError)
+	roReset                 = uint32(upstream.RetryOnReset)
+	roConnectFailure        = uint32(upstream.RetryOnConnectFailure)
+	roRetriable4xx          = uint32(upstream.RetryOnRetriable4xx)
+	roRefusedStream         = uint32(upstream.RetryOnRefusedStream)
+	roRetriableStatus       = uint32(upstream.RetryOnRetriableStatusCodes)
+	roGrpcCancelled         = uint32(upstream.RetryOnCancelled)
+	roGrpcDeadline          = uint32(upstream.RetryOnDeadlineExceeded)
+	roGrpcUnavailable       = uint32(upstream.RetryOnUnavailable)
+	roGrpcResourceExhausted = uint32(upstream.RetryOnResourceExhausted)
+	roGrpcInternal          = uint32(upstream.RetryOnInternal)
 )
 
-var retryOnBits = map[string]uint32{
-	"5xx": ro5xx, "gateway-error": roGatewayError, "reset": roReset, "connect-failure": roConnectFailure,
-	"retriable-4xx": roRetriable4xx, "refused-stream": roRefusedStream, "retriable-status-codes": roRetriableStatus,
-	"cancelled": roGrpcCancelled, "deadline-exceeded": roGrpcDeadline, "unavailable": roGrpcUnavailable,
-	"resource-exhausted": roGrpcResourceExhausted, "internal": roGrpcInternal,
-}
-
-func parseRetryOn(s string) uint32 {
-	var b uint32
-	for _, on := range strings.Split(s, ",") {
-		b |= retryOnBits[strings.TrimSpace(on)]
-	}
-	return b
-}
+func parseRetryOn(s string) uint32 { return uint32(upstream.RetryConditions(s)) }
 
 // bufPool is the ReverseProxy buffer pool: 32 KiB buffers in a bounded
 // free list (a channel, so Put does not allocate as sync.Pool would for a
@@ -685,17 +674,15 @@ func (b *doneBody) Close() error {
 
 // upstreamHandler serves one outbound listener.
 type upstreamHandler struct {
-	c        *Cluster
-	rp       *httputil.ReverseProxy
-	timeout  time.Duration
-	hashes   []HashPolicy
-	needHash bool
+	c       *Cluster
+	rp      *httputil.ReverseProxy
+	timeout time.Duration
+	hashes  []upstream.HashPolicy
 }
 
 func newUpstreamHandler(c *Cluster) *upstreamHandler {
 	t := newClusterTransport(c)
 	h := &upstreamHandler{c: c, timeout: *c.cfg.Timeout, hashes: c.cfg.HashPolicy}
-	h.needHash = len(h.hashes) > 0 && (c.cfg.LBPolicy == balancer.RingHash || c.cfg.LBPolicy == balancer.Maglev)
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
 		Transport:    t,
@@ -751,7 +738,7 @@ func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.c.inbound {
 		ctx = h.c.tp.Extract(ctx, r.Header) // the app's span is the parent of ours
 	}
-	if h.needHash {
+	if len(h.hashes) > 0 && h.c.usesHash() { // the effective policy: CDS may set it
 		if info, ok := h.hash(r); ok {
 			ctx = context.WithValue(ctx, hashKey{}, info)
 		}

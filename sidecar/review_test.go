@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/health"
 	"github.com/sidemesh/sidemesh/xds"
 )
 
@@ -334,19 +335,19 @@ func TestCDSChangeKeepsHealthState(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.onUpdate(snap)
-	cs := xds.Defaults("api")
-	cs.HealthCheck = &xds.HealthCheckSettings{HTTPPath: "/", Interval: 20 * time.Millisecond, Timeout: time.Second,
+	cs := xds.Defaults("api").Settings
+	cs.HealthCheck = &health.Config{HTTP: &health.HTTPCheck{Path: "/"}, Interval: 20 * time.Millisecond, Timeout: time.Second,
 		UnhealthyThreshold: 1, HealthyThreshold: 1, NoTrafficInterval: 20 * time.Millisecond}
 	c.applySettings(cs)
-	health := func() string { return c.Status().Endpoints[0].Health }
-	eventually(t, 5*time.Second, "host healthy", func() bool { return health() == "healthy" })
+	hostHealth := func() string { return c.Status().Endpoints[0].Health }
+	eventually(t, 5*time.Second, "host healthy", func() bool { return hostHealth() == "healthy" })
 	c.mu.Lock()
 	hc := c.hc
 	c.mu.Unlock()
 	cs2 := cs
 	cs2.LBPolicy = "least_request"
 	c.applySettings(cs2)
-	if got := health(); got != "healthy" {
+	if got := hostHealth(); got != "healthy" {
 		t.Fatalf("after an lb_policy change the host is %q", got)
 	}
 	c.mu.Lock()
@@ -357,7 +358,7 @@ func TestCDSChangeKeepsHealthState(t *testing.T) {
 	}
 	c.close()
 	cs3 := cs2
-	cs3.HealthCheck = &xds.HealthCheckSettings{HTTPPath: "/other", Interval: time.Second, Timeout: time.Second,
+	cs3.HealthCheck = &health.Config{HTTP: &health.HTTPCheck{Path: "/other"}, Interval: time.Second, Timeout: time.Second,
 		UnhealthyThreshold: 1, HealthyThreshold: 1}
 	c.applySettings(cs3)
 	c.mu.Lock()
@@ -379,10 +380,10 @@ func TestBadCDSLBOptionsIgnored(t *testing.T) {
 	defer c.close()
 	snap, _ := discovery.NewSnapshot("api", 1, []discovery.Endpoint{{Address: "127.0.0.1:1", Weight: 1}})
 	c.onUpdate(snap)
-	cs := xds.Defaults("api")
+	cs := xds.Defaults("api").Settings
 	cs.LBPolicy = "least_request"
 	bias := -1.0
-	cs.ActiveRequestBias = &bias
+	cs.LB.LeastRequest.ActiveRequestBias = &bias
 	c.applySettings(cs)
 	snap2, _ := discovery.NewSnapshot("api", 2, []discovery.Endpoint{{Address: "127.0.0.1:1", Weight: 1}, {Address: "127.0.0.1:2", Weight: 1}})
 	c.onUpdate(snap2)

@@ -17,6 +17,7 @@ import (
 	"github.com/sidemesh/sidemesh/discovery/consul"
 	"github.com/sidemesh/sidemesh/discovery/file"
 	"github.com/sidemesh/sidemesh/tracing"
+	"github.com/sidemesh/sidemesh/upstream"
 	"github.com/sidemesh/sidemesh/xds"
 )
 
@@ -133,26 +134,34 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 }
 
 func (s *Sidecar) newSource() (discovery.Source, error) {
-	d := s.cfg.Discovery
-	switch {
-	case d.File != "":
-		return file.New(d.File, file.Options{Logger: s.log})
-	case d.Consul != nil:
-		src, err := consul.New(*d.Consul, consul.Options{Logger: s.log.With("component", "discovery.consul")})
-		if err != nil {
-			return nil, err
-		}
-		s.consul = src
-		return src, nil
-	case d.XDS != nil:
+	if s.cfg.Discovery.XDS != nil {
 		return s.newXDSSource()
 	}
-	return nil, nil
+	src, cons, err := newSource(s.cfg.Discovery, s.log)
+	s.consul = cons
+	return src, err
+}
+
+// newSource opens the file or Consul source d names (nil, nil when it
+// names neither); the Consul source is also returned as such.
+func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source, error) {
+	switch {
+	case d.File != "":
+		src, err := file.New(d.File, file.Options{Logger: log})
+		return src, nil, err
+	case d.Consul != nil:
+		src, err := consul.New(*d.Consul, consul.Options{Logger: log.With("component", "discovery.consul")})
+		if err != nil {
+			return nil, nil, err
+		}
+		return src, src, nil
+	}
+	return nil, nil, nil
 }
 
 // newInboundCluster is a one-endpoint cluster for the local app.
 func newInboundCluster(sv *Service, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
-	u := &Upstream{Service: "inbound|" + sv.Name, Listen: sv.Inbound, Protocol: sv.Protocol, Timeout: &sv.Timeout}
+	u := &Upstream{Service: "inbound|" + sv.Name, Listen: sv.Inbound, Protocol: sv.Protocol, Settings: upstream.Settings{Timeout: &sv.Timeout}}
 	u.SetDefaults()
 	zero := 0.0
 	u.HealthyPanicThreshold = &zero

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 // TLSConfig is the optional TLS to the xDS server. With only CAFile the
@@ -105,7 +106,7 @@ type ClientOptions struct {
 
 // Client is an xDS client over ADS (state of the world) and a
 // discovery.Source. Watch subscribes the service's Cluster (CDS) and its
-// ClusterLoadAssignment (EDS); WatchCluster delivers the cluster settings.
+// ClusterLoadAssignment (EDS); WatchCluster delivers the cluster settings (upstream.Settings).
 //
 // Protocol: a good response is ACKed (version_info and nonce echoed); a
 // response with an invalid resource is NACKed (the last accepted version,
@@ -140,8 +141,8 @@ type Client struct {
 
 	cwMu     sync.Mutex // held while calling cluster watchers
 	cwNext   int
-	cwatch   map[string]map[int]func(ClusterSettings)
-	settings map[string]ClusterSettings // last good, by service
+	cwatch   map[string]map[int]func(upstream.Settings)
+	settings map[string]upstream.Settings // last good, by service
 
 	// Owned by the run goroutine.
 	snaps    map[string]*discovery.Snapshot // by service
@@ -202,8 +203,8 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 		kick:     make(chan struct{}, 1),
 		services: map[string]bool{},
 		edsNames: map[string]string{},
-		cwatch:   map[string]map[int]func(ClusterSettings){},
-		settings: map[string]ClusterSettings{},
+		cwatch:   map[string]map[int]func(upstream.Settings){},
+		settings: map[string]upstream.Settings{},
 		snaps:    map[string]*discovery.Snapshot{},
 		versions: map[string]uint64{},
 	}
@@ -228,12 +229,12 @@ func (c *Client) Watch(service string, w discovery.Watcher) (cancel func()) {
 // WatchCluster calls fn with the service's cluster settings now (if known)
 // and whenever a new, different Cluster is accepted. It subscribes the
 // service like Watch does.
-func (c *Client) WatchCluster(service string, fn func(ClusterSettings)) (cancel func()) {
+func (c *Client) WatchCluster(service string, fn func(upstream.Settings)) (cancel func()) {
 	c.cwMu.Lock()
 	id := c.cwNext
 	c.cwNext++
 	if c.cwatch[service] == nil {
-		c.cwatch[service] = map[int]func(ClusterSettings){}
+		c.cwatch[service] = map[int]func(upstream.Settings){}
 	}
 	c.cwatch[service][id] = fn
 	if cs, ok := c.settings[service]; ok {
@@ -553,7 +554,7 @@ func (c *Client) handleClusters(resp *discoveryv3.DiscoveryResponse) []error {
 	return errs
 }
 
-func (c *Client) setSettings(svc string, cs ClusterSettings) {
+func (c *Client) setSettings(svc string, cs upstream.Settings) {
 	c.cwMu.Lock()
 	defer c.cwMu.Unlock()
 	if old, ok := c.settings[svc]; ok && reflect.DeepEqual(old, cs) {

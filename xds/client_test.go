@@ -2,6 +2,7 @@ package xds
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 func TestClientServerRoundTrip(t *testing.T) {
@@ -24,8 +27,8 @@ func TestClientServerRoundTrip(t *testing.T) {
 		discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1},
 		discovery.Endpoint{Address: "127.0.0.1:7002", Weight: 3, Health: discovery.Degraded}))
 	apiSettings := Defaults("api")
-	apiSettings.LBPolicy = LeastRequest
-	srv, err := NewServer(ServerOptions{Source: src, Settings: []ClusterSettings{apiSettings, Defaults("web")}})
+	apiSettings.Settings.LBPolicy = balancer.LeastRequest
+	srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{apiSettings, Defaults("web")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +41,8 @@ func TestClientServerRoundTrip(t *testing.T) {
 	cancel := c.Watch("api", &rec)
 	defer cancel()
 	var mu sync.Mutex
-	var got []ClusterSettings
-	cancelCS := c.WatchCluster("api", func(cs ClusterSettings) {
+	var got []upstream.Settings
+	cancelCS := c.WatchCluster("api", func(cs upstream.Settings) {
 		mu.Lock()
 		got = append(got, cs)
 		mu.Unlock()
@@ -55,7 +58,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 	waitFor(t, "the cluster settings", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(got) == 1 && got[0].LBPolicy == LeastRequest && got[0].Outlier != nil && *got[0].Outlier == *apiSettings.Outlier
+		return len(got) == 1 && got[0].LBPolicy == balancer.LeastRequest && got[0].OutlierDetection != nil && reflect.DeepEqual(*got[0].OutlierDetection, *apiSettings.Settings.OutlierDetection)
 	})
 
 	firstVersion := rec.snapshot().Version
@@ -95,7 +98,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 	})
 
 	// A cluster the server stops serving is a resource error.
-	if err := srv.SetSettings([]ClusterSettings{apiSettings}); err != nil {
+	if err := srv.SetSettings([]Upstream{apiSettings}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "web's resource error", func() bool {
@@ -184,8 +187,8 @@ func TestClientNACKKeepsLastGood(t *testing.T) {
 	var rec recorder
 	defer c.Watch("api", &rec)()
 	var mu sync.Mutex
-	var settings []ClusterSettings
-	defer c.WatchCluster("api", func(cs ClusterSettings) {
+	var settings []upstream.Settings
+	defer c.WatchCluster("api", func(cs upstream.Settings) {
 		mu.Lock()
 		settings = append(settings, cs)
 		mu.Unlock()
@@ -262,7 +265,7 @@ func TestClientNACKKeepsLastGood(t *testing.T) {
 		t.Errorf("CDS stats %+v, want the lb_policy NACK", cds)
 	}
 	mu.Lock()
-	if len(settings) != 1 || settings[0].LBPolicy != RoundRobin {
+	if len(settings) != 1 || settings[0].LBPolicy != balancer.RoundRobin {
 		t.Errorf("settings delivered %+v, want only the first good one", settings)
 	}
 	mu.Unlock()
@@ -280,7 +283,7 @@ func TestClientNACKKeepsLastGood(t *testing.T) {
 func TestClientSurvivesServerRestart(t *testing.T) {
 	src := &fakeSource{}
 	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}))
-	srv1, err := NewServer(ServerOptions{Source: src, Settings: []ClusterSettings{{Service: "api"}}})
+	srv1, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{{Service: "api"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +316,7 @@ func TestClientSurvivesServerRestart(t *testing.T) {
 	src2.Publish(mustSnap(t, "api", 1,
 		discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 2},
 		discovery.Endpoint{Address: "127.0.0.1:7002", Weight: 8}))
-	srv2, err := NewServer(ServerOptions{Source: src2, Settings: []ClusterSettings{{Service: "api"}}})
+	srv2, err := NewServer(ServerOptions{Source: src2, Upstreams: []Upstream{{Service: "api"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

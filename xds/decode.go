@@ -1,9 +1,11 @@
 package xds
 
 import (
+	"encoding/hex"
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -13,26 +15,36 @@ import (
 	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
+	"github.com/sidemesh/sidemesh/sidecar/health"
+	"github.com/sidemesh/sidemesh/sidecar/outlier"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
-// DecodedCluster is what the client takes from a Cluster: the settings and
-// the name of the ClusterLoadAssignment that carries its endpoints.
+// DecodedCluster is what the client takes from a Cluster: the upstream
+// (name and settings) and the name of the ClusterLoadAssignment that
+// carries its endpoints.
 type DecodedCluster struct {
-	Settings ClusterSettings
+	Upstream
 	// EDSName is eds_cluster_config.service_name, or the cluster name.
 	EDSName string
 }
 
 // DecodeCluster validates a Cluster received over CDS and translates it
-// back into ClusterSettings, the inverse of Cluster. What the Cluster
-// leaves out gets Envoy's default (see Defaults), except outlier
-// detection, circuit breakers and health checks, which stay nil when
-// absent (the Cluster said nothing about them). Errors wrap
-// ErrInvalidResource and name the cluster and what is wrong.
+// back into upstream settings, the inverse of Cluster. Only what a Cluster
+// can carry is filled: lb_policy and its options, connect_timeout,
+// healthy_panic_threshold, outlier_detection, circuit_breakers and
+// health_check. What the Cluster leaves out of the first four gets Envoy's
+// default; outlier detection, circuit breakers and health checks stay nil
+// when absent (the Cluster said nothing about them), and their fields the
+// Cluster leaves out get Envoy's defaults (always_eject_one_host: false).
+// Errors wrap ErrInvalidResource and name the cluster and what is wrong.
 func DecodeCluster(c *clusterv3.Cluster) (DecodedCluster, error) {
 	name := c.GetName()
 	bad := func(format string, args ...any) (DecodedCluster, error) {
@@ -51,22 +63,21 @@ func DecodeCluster(c *clusterv3.Cluster) (DecodedCluster, error) {
 	if err := c.ValidateAll(); err != nil {
 		return bad("%v", err)
 	}
-	d := DecodedCluster{Settings: Defaults(name), EDSName: name}
+	d := DecodedCluster{Upstream: Upstream{Service: name}, EDSName: name}
 	if n := c.GetEdsClusterConfig().GetServiceName(); n != "" {
 		d.EDSName = n
 	}
-	cs := &d.Settings
-	cs.Outlier, cs.Breakers = nil, nil
+	s := &d.Settings
+	s.ConnectTimeout = upstream.DefaultConnectTimeout
 	if ct := c.GetConnectTimeout(); ct != nil {
-		cs.ConnectTimeout = ct.AsDuration()
+		s.ConnectTimeout = ct.AsDuration()
 	}
 	if lr := c.GetLeastRequestLbConfig(); lr != nil {
 		if v := lr.GetChoiceCount(); v != nil {
-			cs.LeastRequestChoiceCount = v.GetValue()
+			s.LB.LeastRequest.ChoiceCount = v.GetValue()
 		}
 		if b := lr.GetActiveRequestBias(); b != nil {
-			v := b.GetDefaultValue()
-			cs.ActiveRequestBias = &v
+			s.LB.LeastRequest.ActiveRequestBias = new(b.GetDefaultValue())
 		}
 	}
 	if rh := c.GetRingHashLbConfig(); rh != nil {
@@ -74,17 +85,20 @@ func DecodeCluster(c *clusterv3.Cluster) (DecodedCluster, error) {
 			return bad("ring_hash_lb_config.hash_function %s is not supported (want XX_HASH)", rh.GetHashFunction())
 		}
 		if v := rh.GetMinimumRingSize(); v != nil {
-			cs.RingMinSize = v.GetValue()
+			s.LB.RingHash.MinimumRingSize = v.GetValue()
 		}
 		if v := rh.GetMaximumRingSize(); v != nil {
-			cs.RingMaxSize = v.GetValue()
+			s.LB.RingHash.MaximumRingSize = v.GetValue()
 		}
+	}
+	if v := c.GetMaglevLbConfig().GetTableSize(); v != nil {
+		s.LB.Maglev.TableSize = v.GetValue()
 	}
 	if lbp := c.GetLoadBalancingPolicy(); lbp != nil {
 		// Envoy's rule: the first policy the client supports wins.
 		found := false
 		for _, p := range lbp.GetPolicies() {
-			ok, err := decodePolicy(cs, p.GetTypedExtensionConfig().GetTypedConfig())
+			ok, err := decodePolicy(s, p.GetTypedExtensionConfig().GetTypedConfig())
 			if err != nil {
 				return bad("load_balancing_policy %s: %v", p.GetTypedExtensionConfig().GetName(), err)
 			}
@@ -97,54 +111,44 @@ func DecodeCluster(c *clusterv3.Cluster) (DecodedCluster, error) {
 			return bad("load_balancing_policy lists no policy we support (random, round_robin, least_request, ring_hash, maglev)")
 		}
 	} else {
-		switch p := c.GetLbPolicy(); p {
-		case clusterv3.Cluster_ROUND_ROBIN:
-			cs.LBPolicy = RoundRobin
-		case clusterv3.Cluster_LEAST_REQUEST:
-			cs.LBPolicy = LeastRequest
-		case clusterv3.Cluster_RING_HASH:
-			cs.LBPolicy = RingHash
-		case clusterv3.Cluster_RANDOM:
-			cs.LBPolicy = WeightedRandom
-		case clusterv3.Cluster_MAGLEV:
-			cs.LBPolicy = Maglev
-			if v := c.GetMaglevLbConfig().GetTableSize(); v != nil {
-				cs.MaglevTableSize = v.GetValue()
-			}
-		default:
-			return bad("lb_policy %s is not supported", p)
+		p, ok := lbPolicyNames[c.GetLbPolicy()]
+		if !ok {
+			return bad("lb_policy %s is not supported", c.GetLbPolicy())
 		}
+		s.LBPolicy = p
 	}
-	if cs.LBPolicy == LeastRequest && cs.LeastRequestChoiceCount < 2 {
-		return bad("least_request choice_count %d must be >= 2", cs.LeastRequestChoiceCount)
+	if s.LBPolicy == balancer.LeastRequest && s.LB.LeastRequest.ChoiceCount == 1 {
+		return bad("least_request choice_count %d must be >= 2", s.LB.LeastRequest.ChoiceCount)
 	}
-	if cs.RingMinSize > cs.RingMaxSize {
-		return bad("minimum_ring_size %d is larger than maximum_ring_size %d", cs.RingMinSize, cs.RingMaxSize)
+	s.LB.SetDefaults()
+	if lo, hi := s.LB.RingHash.MinimumRingSize, s.LB.RingHash.MaximumRingSize; lo > hi {
+		return bad("minimum_ring_size %d is larger than maximum_ring_size %d", lo, hi)
 	}
+	s.HealthyPanicThreshold = new(float64(upstream.DefaultPanicThreshold))
 	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil {
-		v := p.GetValue()
-		cs.HealthyPanicThreshold = &v
+		s.HealthyPanicThreshold = new(p.GetValue())
 	}
 	if od := c.GetOutlierDetection(); od != nil {
-		cs.Outlier = decodeOutlier(od)
+		s.OutlierDetection = decodeOutlier(od)
 	}
 	for _, th := range c.GetCircuitBreakers().GetThresholds() {
 		if th.GetPriority() != corev3.RoutingPriority_DEFAULT {
 			continue
 		}
-		b := DefaultBreakers()
-		setU32(&b.MaxConnections, th.GetMaxConnections())
-		setU32(&b.MaxPendingRequests, th.GetMaxPendingRequests())
-		setU32(&b.MaxRequests, th.GetMaxRequests())
-		setU32(&b.MaxRetries, th.GetMaxRetries())
-		if rb := th.GetRetryBudget(); rb != nil {
-			b.RetryBudget = &RetryBudget{BudgetPercent: 20, MinRetryConcurrency: 3}
-			if p := rb.GetBudgetPercent(); p != nil {
-				b.RetryBudget.BudgetPercent = p.GetValue()
-			}
-			setU32(&b.RetryBudget.MinRetryConcurrency, rb.GetMinRetryConcurrency())
+		b := &breaker.Config{
+			MaxConnections:     u32v(th.GetMaxConnections()),
+			MaxPendingRequests: u32v(th.GetMaxPendingRequests()),
+			MaxRequests:        u32v(th.GetMaxRequests()),
+			MaxRetries:         u32v(th.GetMaxRetries()),
 		}
-		cs.Breakers = b
+		if rb := th.GetRetryBudget(); rb != nil {
+			b.RetryBudget = &breaker.RetryBudgetConfig{MinRetryConcurrency: u32v(rb.GetMinRetryConcurrency())}
+			if p := rb.GetBudgetPercent(); p != nil {
+				b.RetryBudget.BudgetPercent = new(p.GetValue())
+			}
+		}
+		b.SetDefaults()
+		s.CircuitBreakers = b
 	}
 	if hcs := c.GetHealthChecks(); len(hcs) > 0 {
 		// We run one active health check per cluster: the first.
@@ -152,44 +156,53 @@ func DecodeCluster(c *clusterv3.Cluster) (DecodedCluster, error) {
 		if err != nil {
 			return bad("health_checks[0]: %v", err)
 		}
-		cs.HealthCheck = h
+		s.HealthCheck = h
 	}
-	if err := cs.Validate("cluster"); err != nil {
+	if err := d.Validate("cluster"); err != nil {
 		return bad("%v", err)
 	}
 	return d, nil
 }
 
-// setU32 copies a wrapper's value when the field is present.
-func setU32(dst *uint32, v *wrapperspb.UInt32Value) {
-	if v != nil {
-		*dst = v.GetValue()
+// lbPolicyNames maps Cluster.lb_policy to our policy names.
+var lbPolicyNames = map[clusterv3.Cluster_LbPolicy]string{
+	clusterv3.Cluster_ROUND_ROBIN:   balancer.RoundRobin,
+	clusterv3.Cluster_LEAST_REQUEST: balancer.LeastRequest,
+	clusterv3.Cluster_RING_HASH:     balancer.RingHash,
+	clusterv3.Cluster_RANDOM:        balancer.WeightedRandom,
+	clusterv3.Cluster_MAGLEV:        balancer.Maglev,
+}
+
+// u32v is a wrapper's value, or nil when the field is absent.
+func u32v(v *wrapperspb.UInt32Value) *uint32 {
+	if v == nil {
+		return nil
 	}
+	return new(v.GetValue())
 }
 
 // decodePolicy applies one load_balancing_policy entry; ok is false when
 // the policy is not one we run.
-func decodePolicy(cs *ClusterSettings, cfg *anypb.Any) (ok bool, err error) {
+func decodePolicy(s *upstream.Settings, cfg *anypb.Any) (ok bool, err error) {
 	if cfg == nil {
 		return false, nil
 	}
 	switch {
 	case cfg.MessageIs(&randomv3.Random{}):
-		cs.LBPolicy = WeightedRandom
+		s.LBPolicy = balancer.WeightedRandom
 	case cfg.MessageIs(&roundrobinv3.RoundRobin{}):
-		cs.LBPolicy = RoundRobin
+		s.LBPolicy = balancer.RoundRobin
 	case cfg.MessageIs(&lrv3.LeastRequest{}):
 		m := &lrv3.LeastRequest{}
 		if err := cfg.UnmarshalTo(m); err != nil {
 			return false, err
 		}
-		cs.LBPolicy = LeastRequest
+		s.LBPolicy = balancer.LeastRequest
 		if v := m.GetChoiceCount(); v != nil {
-			cs.LeastRequestChoiceCount = v.GetValue()
+			s.LB.LeastRequest.ChoiceCount = v.GetValue()
 		}
 		if b := m.GetActiveRequestBias(); b != nil {
-			v := b.GetDefaultValue()
-			cs.ActiveRequestBias = &v
+			s.LB.LeastRequest.ActiveRequestBias = new(b.GetDefaultValue())
 		}
 	case cfg.MessageIs(&ringhashv3.RingHash{}):
 		m := &ringhashv3.RingHash{}
@@ -199,21 +212,21 @@ func decodePolicy(cs *ClusterSettings, cfg *anypb.Any) (ok bool, err error) {
 		if f := m.GetHashFunction(); f != ringhashv3.RingHash_XX_HASH && f != ringhashv3.RingHash_DEFAULT_HASH {
 			return false, fmt.Errorf("hash_function %s is not supported (want XX_HASH)", f)
 		}
-		cs.LBPolicy = RingHash
+		s.LBPolicy = balancer.RingHash
 		if v := m.GetMinimumRingSize(); v != nil {
-			cs.RingMinSize = v.GetValue()
+			s.LB.RingHash.MinimumRingSize = v.GetValue()
 		}
 		if v := m.GetMaximumRingSize(); v != nil {
-			cs.RingMaxSize = v.GetValue()
+			s.LB.RingHash.MaximumRingSize = v.GetValue()
 		}
 	case cfg.MessageIs(&maglevv3.Maglev{}):
 		m := &maglevv3.Maglev{}
 		if err := cfg.UnmarshalTo(m); err != nil {
 			return false, err
 		}
-		cs.LBPolicy = Maglev
+		s.LBPolicy = balancer.Maglev
 		if v := m.GetTableSize(); v != nil {
-			cs.MaglevTableSize = v.GetValue()
+			s.LB.Maglev.TableSize = v.GetValue()
 		}
 	default:
 		return false, nil
@@ -221,67 +234,112 @@ func decodePolicy(cs *ClusterSettings, cfg *anypb.Any) (ok bool, err error) {
 	return true, nil
 }
 
-func decodeOutlier(od *clusterv3.OutlierDetection) *OutlierSettings {
-	o := DefaultOutlier()
-	setU32(&o.Consecutive5xx, od.GetConsecutive_5Xx())
-	setU32(&o.ConsecutiveGatewayFailure, od.GetConsecutiveGatewayFailure())
-	setU32(&o.ConsecutiveLocalOriginFailure, od.GetConsecutiveLocalOriginFailure())
-	setU32(&o.MaxEjectionPercent, od.GetMaxEjectionPercent())
-	setU32(&o.EnforcingConsecutive5xx, od.GetEnforcingConsecutive_5Xx())
-	setU32(&o.EnforcingConsecutiveGatewayFailure, od.GetEnforcingConsecutiveGatewayFailure())
-	setU32(&o.EnforcingConsecutiveLocalOriginFailure, od.GetEnforcingConsecutiveLocalOriginFailure())
-	setU32(&o.EnforcingSuccessRate, od.GetEnforcingSuccessRate())
-	setU32(&o.SuccessRateMinimumHosts, od.GetSuccessRateMinimumHosts())
-	setU32(&o.SuccessRateRequestVolume, od.GetSuccessRateRequestVolume())
-	setU32(&o.SuccessRateStdevFactor, od.GetSuccessRateStdevFactor())
-	setU32(&o.EnforcingFailurePercentage, od.GetEnforcingFailurePercentage())
-	setU32(&o.FailurePercentageThreshold, od.GetFailurePercentageThreshold())
-	setU32(&o.FailurePercentageMinimumHosts, od.GetFailurePercentageMinimumHosts())
-	setU32(&o.FailurePercentageRequestVolume, od.GetFailurePercentageRequestVolume())
-	o.SplitExternalLocalOriginErrors = od.GetSplitExternalLocalOriginErrors()
-	if v := od.GetSuccessfulActiveHealthCheckUnejectHost(); v != nil {
-		o.SuccessfulActiveHealthCheckUnejectHost = v.GetValue()
-	}
-	if v := od.GetAlwaysEjectOneHost(); v != nil {
-		o.AlwaysEjectOneHost = v.GetValue()
-	} else {
+func decodeOutlier(od *clusterv3.OutlierDetection) *outlier.Config {
+	o := &outlier.Config{
+		Consecutive5xx:                         u32v(od.GetConsecutive_5Xx()),
+		ConsecutiveGatewayFailure:              u32v(od.GetConsecutiveGatewayFailure()),
+		ConsecutiveLocalOriginFailure:          u32v(od.GetConsecutiveLocalOriginFailure()),
+		MaxEjectionPercent:                     u32v(od.GetMaxEjectionPercent()),
+		EnforcingConsecutive5xx:                u32v(od.GetEnforcingConsecutive_5Xx()),
+		EnforcingConsecutiveGatewayFailure:     u32v(od.GetEnforcingConsecutiveGatewayFailure()),
+		EnforcingConsecutiveLocalOriginFailure: u32v(od.GetEnforcingConsecutiveLocalOriginFailure()),
+		EnforcingSuccessRate:                   u32v(od.GetEnforcingSuccessRate()),
+		SuccessRateMinimumHosts:                u32v(od.GetSuccessRateMinimumHosts()),
+		SuccessRateRequestVolume:               u32v(od.GetSuccessRateRequestVolume()),
+		SuccessRateStdevFactor:                 u32v(od.GetSuccessRateStdevFactor()),
+		EnforcingFailurePercentage:             u32v(od.GetEnforcingFailurePercentage()),
+		FailurePercentageThreshold:             u32v(od.GetFailurePercentageThreshold()),
+		FailurePercentageMinimumHosts:          u32v(od.GetFailurePercentageMinimumHosts()),
+		FailurePercentageRequestVolume:         u32v(od.GetFailurePercentageRequestVolume()),
+		EnforcingLocalOriginSuccessRate:        u32v(od.GetEnforcingLocalOriginSuccessRate()),
+		EnforcingFailurePercentageLocalOrigin:  u32v(od.GetEnforcingFailurePercentageLocalOrigin()),
+		SplitExternalLocalOriginErrors:         od.GetSplitExternalLocalOriginErrors(),
 		// Absent means Envoy's default (false), not ours.
-		o.AlwaysEjectOneHost = false
+		AlwaysEjectOneHost: new(od.GetAlwaysEjectOneHost().GetValue()),
+		Interval:           od.GetInterval().AsDuration(),
+		BaseEjectionTime:   od.GetBaseEjectionTime().AsDuration(),
+		MaxEjectionTime:    od.GetMaxEjectionTime().AsDuration(),
 	}
-	if d := od.GetInterval(); d != nil {
-		o.Interval = d.AsDuration()
+	if v := od.GetSuccessfulActiveHealthCheckUnejectHost(); v != nil {
+		o.SuccessfulActiveHealthCheckUnejectHost = new(v.GetValue())
 	}
-	if d := od.GetBaseEjectionTime(); d != nil {
-		o.BaseEjectionTime = d.AsDuration()
+	if d := od.GetMaxEjectionTimeJitter(); d != nil {
+		o.MaxEjectionTimeJitter = d.AsDuration()
 	}
-	if d := od.GetMaxEjectionTime(); d != nil {
-		o.MaxEjectionTime = d.AsDuration()
-	}
+	o.SetDefaults()
 	return o
 }
 
-func decodeHealthCheck(hc *corev3.HealthCheck) (*HealthCheckSettings, error) {
-	h := &HealthCheckSettings{
-		Interval:           hc.GetInterval().AsDuration(),
-		Timeout:            hc.GetTimeout().AsDuration(),
-		UnhealthyThreshold: hc.GetUnhealthyThreshold().GetValue(),
-		HealthyThreshold:   hc.GetHealthyThreshold().GetValue(),
+func decodeHealthCheck(hc *corev3.HealthCheck) (*health.Config, error) {
+	h := &health.Config{
+		Interval:              hc.GetInterval().AsDuration(),
+		Timeout:               hc.GetTimeout().AsDuration(),
+		UnhealthyThreshold:    int(hc.GetUnhealthyThreshold().GetValue()),
+		HealthyThreshold:      int(hc.GetHealthyThreshold().GetValue()),
+		IntervalJitter:        hc.GetIntervalJitter().AsDuration(),
+		IntervalJitterPercent: int(hc.GetIntervalJitterPercent()),
+		InitialJitter:         hc.GetInitialJitter().AsDuration(),
 	}
 	if d := hc.GetNoTrafficInterval(); d != nil {
 		h.NoTrafficInterval = d.AsDuration()
 	}
 	switch {
 	case hc.GetHttpHealthCheck() != nil:
-		h.HTTPPath = hc.GetHttpHealthCheck().GetPath()
+		hh := hc.GetHttpHealthCheck()
+		h.HTTP = &health.HTTPCheck{Path: hh.GetPath(), Host: hh.GetHost(),
+			ExpectedStatuses: statusRanges(hh.GetExpectedStatuses()), RetriableStatuses: statusRanges(hh.GetRetriableStatuses())}
 	case hc.GetTcpHealthCheck() != nil:
-		h.TCP = true
+		t := hc.GetTcpHealthCheck()
+		h.TCP = &health.TCPCheck{}
+		if p := t.GetSend(); p != nil {
+			b, err := payload(p)
+			if err != nil {
+				return nil, fmt.Errorf("tcp_health_check.send: %w", err)
+			}
+			h.TCP.Send = b
+		}
+		if rs := t.GetReceive(); len(rs) > 0 {
+			var all strings.Builder
+			for i, p := range rs {
+				b, err := payload(p)
+				if err != nil {
+					return nil, fmt.Errorf("tcp_health_check.receive[%d]: %w", i, err)
+				}
+				all.WriteString(b)
+			}
+			h.TCP.Expect = all.String()
+		}
 	case hc.GetGrpcHealthCheck() != nil:
-		h.GRPC = true
-		h.GRPCServiceName = hc.GetGrpcHealthCheck().GetServiceName()
+		g := hc.GetGrpcHealthCheck()
+		h.GRPC = &health.GRPCCheck{ServiceName: g.GetServiceName(), Authority: g.GetAuthority()}
 	default:
 		return nil, fmt.Errorf("health checker %T is not supported (want http, tcp or grpc)", hc.GetHealthChecker())
 	}
+	h.SetDefaults()
 	return h, nil
+}
+
+// payload is a health check payload's bytes (text is hex, as in Envoy).
+func payload(p *corev3.HealthCheck_Payload) (string, error) {
+	if t := p.GetText(); t != "" {
+		b, err := hex.DecodeString(t)
+		if err != nil {
+			return "", fmt.Errorf("text %q is not hex", t)
+		}
+		return string(b), nil
+	}
+	return string(p.GetBinary()), nil
+}
+
+func statusRanges(rs []*typev3.Int64Range) []health.StatusRange {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]health.StatusRange, len(rs))
+	for i, r := range rs {
+		out[i] = health.StatusRange{Start: int(r.GetStart()), End: int(r.GetEnd())}
+	}
+	return out
 }
 
 // DecodeLoadAssignment validates a ClusterLoadAssignment and returns its

@@ -2,6 +2,12 @@
 // and upstream settings into Envoy resources, the embedded xDS server, and
 // the xDS client source.
 //
+// Upstream settings are the one model of package upstream: the server
+// translates an Upstream (service name and upstream.Settings) and the
+// client decodes a Cluster back into upstream.Settings, filling only what
+// a Cluster carries. A balancer policy served over CDS has its entry in
+// lbTranslators (translate.go) and its case in DecodeCluster (decode.go).
+//
 // Translation (Resources, Cluster; DecodeCluster and DecodeLoadAssignment
 // go back) is pure and golden-tested (testdata/*.golden; go test -update
 // rewrites them). Per service it makes an EDS Cluster carrying the lb
@@ -33,5 +39,9 @@
 // errors during outages. Stats and WriteClientMetrics/WriteServerMetrics
 // feed /config_dump and /metrics.
 //
-// This package imports discovery, never sidecar (TestImportDirection).
+// This package imports discovery, upstream and the leaf packages that own
+// the settings' sections (sidecar/balancer, outlier, breaker, health),
+// never the sidecar itself (TestImportDirection). FuzzDecodeCluster and
+// FuzzDecodeLoadAssignment check that no received resource panics the
+// decoders and that every rejection names its resource.
 package xds

@@ -4,7 +4,7 @@ import "errors"
 
 // Errors of this package. They are wrapped with %w and context.
 var (
-	// ErrInvalidSettings: ClusterSettings that cannot be translated.
+	// ErrInvalidSettings: upstream settings that cannot be translated.
 	ErrInvalidSettings = errors.New("xds: invalid cluster settings")
 	// ErrTranslate: part of the input could not be expressed in xDS.
 	ErrTranslate = errors.New("xds: translation")

@@ -40,8 +40,8 @@ type ServerOptions struct {
 	Logger *slog.Logger
 	// Source is the source of truth (file or Consul discovery).
 	Source discovery.Source
-	// Settings lists the services to serve, one ClusterSettings each.
-	Settings []ClusterSettings
+	// Upstreams lists the services to serve with their settings.
+	Upstreams []Upstream
 	// GRPCOptions are passed to the gRPC server Serve creates (TLS
 	// credentials, keepalive).
 	GRPCOptions []grpc.ServerOption
@@ -71,7 +71,7 @@ type Server struct {
 	setMu sync.Mutex // serialises SetSettings and Stop
 
 	mu       sync.Mutex
-	settings map[string]ClusterSettings
+	settings map[string]Upstream
 	watches  map[string]func()
 	snaps    map[string]*discovery.Snapshot
 	batching int
@@ -100,7 +100,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		gopts:    opts.GRPCOptions,
 		ctx:      ctx,
 		cancel:   cancel,
-		settings: map[string]ClusterSettings{},
+		settings: map[string]Upstream{},
 		watches:  map[string]func(){},
 		snaps:    map[string]*discovery.Snapshot{},
 	}
@@ -108,7 +108,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	s.cb.last = map[int64]map[string]sentResponse{}
 	s.cache = cache.NewSnapshotCache(false, constHash{}, slogAdapter(log))
 	s.xds = newHandlers(ctx, s.cache, &s.cb)
-	if err := s.SetSettings(opts.Settings); err != nil {
+	if err := s.SetSettings(opts.Upstreams); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -118,14 +118,14 @@ func NewServer(opts ServerOptions) (*Server, error) {
 // SetSettings replaces the served services and their settings: services
 // no longer listed stop being watched and served, new ones start. It makes
 // one new snapshot version.
-func (s *Server) SetSettings(settings []ClusterSettings) error {
-	next := make(map[string]ClusterSettings, len(settings))
+func (s *Server) SetSettings(settings []Upstream) error {
+	next := make(map[string]Upstream, len(settings))
 	for i, cs := range settings {
-		if err := cs.Validate(fmt.Sprintf("settings[%d]", i)); err != nil {
+		if err := cs.Validate(fmt.Sprintf("upstreams[%d]", i)); err != nil {
 			return err
 		}
 		if _, dup := next[cs.Service]; dup {
-			return fmt.Errorf("%w: settings[%d].service: %q is listed twice", ErrInvalidSettings, i, cs.Service)
+			return fmt.Errorf("%w: upstreams[%d].service: %q is listed twice", ErrInvalidSettings, i, cs.Service)
 		}
 		next[cs.Service] = cs
 	}
@@ -213,7 +213,7 @@ func (s *Server) update(service string, snap *discovery.Snapshot) {
 }
 
 func (s *Server) rebuildLocked() {
-	list := make([]ClusterSettings, 0, len(s.settings))
+	list := make([]Upstream, 0, len(s.settings))
 	for _, cs := range s.settings {
 		list = append(list, cs)
 	}

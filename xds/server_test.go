@@ -16,13 +16,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 func TestServerOneVersionPerChange(t *testing.T) {
 	src := &fakeSource{}
 	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}))
 	src.Publish(mustSnap(t, "web", 1, discovery.Endpoint{Address: "127.0.0.1:8001", Weight: 1}))
-	srv, err := NewServer(ServerOptions{Source: src, Settings: []ClusterSettings{{Service: "api"}, {Service: "web"}}})
+	srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{{Service: "api"}, {Service: "web"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +64,7 @@ func TestServerOneVersionPerChange(t *testing.T) {
 		t.Fatalf("web after a resource error: %v, want no endpoints", cla)
 	}
 
-	if err := srv.SetSettings([]ClusterSettings{{Service: "api", LBPolicy: LeastRequest}, {Service: "db"}}); err != nil {
+	if err := srv.SetSettings([]Upstream{{Service: "api", Settings: upstream.Settings{LBPolicy: balancer.LeastRequest}}, {Service: "db"}}); err != nil {
 		t.Fatal(err)
 	}
 	check("settings replaced", "4")
@@ -72,9 +74,9 @@ func TestServerOneVersionPerChange(t *testing.T) {
 		t.Fatalf("services = %v, want api,db", got)
 	}
 
-	for _, bad := range [][]ClusterSettings{
+	for _, bad := range [][]Upstream{
 		{{Service: "api"}, {Service: "api"}},
-		{{Service: "api", LBPolicy: "fastest"}},
+		{{Service: "api", Settings: upstream.Settings{LBPolicy: "fastest"}}},
 		{{Service: ""}},
 	} {
 		if err := srv.SetSettings(bad); err == nil {
@@ -102,7 +104,7 @@ func adsStream(t *testing.T, addr string) discoveryv3.AggregatedDiscoveryService
 func TestServerDoesNotResendNACKedVersion(t *testing.T) {
 	src := &fakeSource{}
 	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}))
-	srv, err := NewServer(ServerOptions{Source: src, Settings: []ClusterSettings{{Service: "api"}}})
+	srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{{Service: "api"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +160,7 @@ func TestServerDoesNotResendNACKedVersion(t *testing.T) {
 func TestServerDelta(t *testing.T) {
 	src := &fakeSource{}
 	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 2}))
-	srv, err := NewServer(ServerOptions{Source: src, Settings: []ClusterSettings{{Service: "api"}, {Service: "web"}}})
+	srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{{Service: "api"}, {Service: "web"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -28,6 +29,9 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/health"
+	"github.com/sidemesh/sidemesh/sidecar/outlier"
 )
 
 // Extension names of the load-balancing policies in
@@ -44,8 +48,8 @@ const (
 	metaNamespace = "sidemesh"
 )
 
-// Resources translates cluster settings and endpoint snapshots into xDS
-// resources, one set per service in settings:
+// Resources translates upstreams and endpoint snapshots into xDS
+// resources, one set per upstream:
 //
 //   - a Cluster of type EDS (config source ADS) carrying the lb policy,
 //     outlier detection, circuit breakers and health checks;
@@ -62,9 +66,9 @@ const (
 // An endpoint whose address is not IP:port cannot be expressed in EDS; it
 // is left out and named in the returned error. The map is complete either
 // way: a non-nil error means "translated without these endpoints".
-func Resources(settings []ClusterSettings, snaps map[string]*discovery.Snapshot) (map[resource.Type][]types.Resource, error) {
-	sorted := make([]ClusterSettings, len(settings))
-	copy(sorted, settings)
+func Resources(upstreams []Upstream, snaps map[string]*discovery.Snapshot) (map[resource.Type][]types.Resource, error) {
+	sorted := make([]Upstream, len(upstreams))
+	copy(sorted, upstreams)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Service < sorted[j].Service })
 
 	out := map[resource.Type][]types.Resource{
@@ -74,15 +78,15 @@ func Resources(settings []ClusterSettings, snaps map[string]*discovery.Snapshot)
 		resource.RouteType:    nil,
 	}
 	var errs []error
-	for _, cs := range sorted {
-		cla, err := loadAssignment(cs.Service, snaps[cs.Service])
+	for _, u := range sorted {
+		cla, err := loadAssignment(u.Service, snaps[u.Service])
 		if err != nil {
 			errs = append(errs, err)
 		}
-		out[resource.ClusterType] = append(out[resource.ClusterType], Cluster(cs))
+		out[resource.ClusterType] = append(out[resource.ClusterType], Cluster(u))
 		out[resource.EndpointType] = append(out[resource.EndpointType], cla)
-		out[resource.ListenerType] = append(out[resource.ListenerType], apiListener(cs.Service))
-		out[resource.RouteType] = append(out[resource.RouteType], routeConfig(cs.Service))
+		out[resource.ListenerType] = append(out[resource.ListenerType], apiListener(u.Service))
+		out[resource.RouteType] = append(out[resource.RouteType], routeConfig(u.Service))
 	}
 	return out, errors.Join(errs...)
 }
@@ -112,7 +116,31 @@ func policy(name string, m proto.Message) *clusterv3.LoadBalancingPolicy_Policy 
 
 func u32(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }
 
-// Cluster translates one service's settings into an EDS Cluster.
+// u32p is u32 for an optional value (nil stays nil: Envoy's default).
+func u32p(v *uint32) *wrapperspb.UInt32Value {
+	if v == nil {
+		return nil
+	}
+	return wrapperspb.UInt32(*v)
+}
+
+func boolp(v *bool) *wrapperspb.BoolValue {
+	if v == nil {
+		return nil
+	}
+	return wrapperspb.Bool(*v)
+}
+
+// dur is a duration field; zero is left out (Envoy's default).
+func dur(d time.Duration) *durationpb.Duration {
+	if d <= 0 {
+		return nil
+	}
+	return durationpb.New(d)
+}
+
+// lbTranslators set a Cluster's load-balancing fields, one per lb_policy
+// served over CDS (a new balancer policy adds its entry here).
 //
 // lb_policy carries the policy wherever the enum has a value every client
 // understands. weighted_random and maglev are not understood by gRPC
@@ -120,53 +148,43 @@ func u32(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }
 // the Envoy policy first and a gRPC-compatible fallback second
 // (random→round_robin, maglev→ring_hash), and lb_policy names the
 // fallback: Envoy uses the first policy it supports, and so does gRPC.
-func Cluster(cs ClusterSettings) *clusterv3.Cluster {
-	c := &clusterv3.Cluster{
-		Name:                 cs.Service,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: cs.Service},
-	}
-	if cs.ConnectTimeout > 0 {
-		c.ConnectTimeout = durationpb.New(cs.ConnectTimeout)
-	}
-	ring := &clusterv3.Cluster_RingHashLbConfig{HashFunction: clusterv3.Cluster_RingHashLbConfig_XX_HASH}
-	if cs.RingMinSize > 0 {
-		ring.MinimumRingSize = wrapperspb.UInt64(cs.RingMinSize)
-	}
-	if cs.RingMaxSize > 0 {
-		ring.MaximumRingSize = wrapperspb.UInt64(cs.RingMaxSize)
-	}
-	switch cs.LBPolicy {
-	case "", RoundRobin:
+var lbTranslators = map[string]func(c *clusterv3.Cluster, service string, lb balancer.Config){
+	"": func(c *clusterv3.Cluster, _ string, _ balancer.Config) { c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN },
+	balancer.RoundRobin: func(c *clusterv3.Cluster, _ string, _ balancer.Config) {
 		c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
-	case WeightedRandom:
+	},
+	balancer.WeightedRandom: func(c *clusterv3.Cluster, _ string, _ balancer.Config) {
 		c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
 		c.LoadBalancingPolicy = &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
 			policy(policyRandom, &randomv3.Random{}),
 			policy(policyRoundRobin, &roundrobinv3.RoundRobin{}),
 		}}
-	case LeastRequest:
+	},
+	balancer.LeastRequest: func(c *clusterv3.Cluster, service string, lb balancer.Config) {
 		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
 		lr := &clusterv3.Cluster_LeastRequestLbConfig{}
-		if cs.LeastRequestChoiceCount > 0 {
-			lr.ChoiceCount = u32(cs.LeastRequestChoiceCount)
+		if n := lb.LeastRequest.ChoiceCount; n > 0 {
+			lr.ChoiceCount = u32(n)
 		}
-		if cs.ActiveRequestBias != nil {
+		if b := lb.LeastRequest.ActiveRequestBias; b != nil {
 			lr.ActiveRequestBias = &corev3.RuntimeDouble{
-				DefaultValue: *cs.ActiveRequestBias,
-				RuntimeKey:   "upstream." + cs.Service + ".active_request_bias",
+				DefaultValue: *b,
+				RuntimeKey:   "upstream." + service + ".active_request_bias",
 			}
 		}
 		c.LbConfig = &clusterv3.Cluster_LeastRequestLbConfig_{LeastRequestLbConfig: lr}
-	case RingHash:
+	},
+	balancer.RingHash: func(c *clusterv3.Cluster, _ string, lb balancer.Config) {
 		c.LbPolicy = clusterv3.Cluster_RING_HASH
-		c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: ring}
-	case Maglev:
+		c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: ringConfig(lb.RingHash)}
+	},
+	balancer.Maglev: func(c *clusterv3.Cluster, _ string, lb balancer.Config) {
+		ring := ringConfig(lb.RingHash)
 		c.LbPolicy = clusterv3.Cluster_RING_HASH
 		c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: ring}
 		mg := &maglevv3.Maglev{}
-		if cs.MaglevTableSize > 0 {
-			mg.TableSize = wrapperspb.UInt64(cs.MaglevTableSize)
+		if n := lb.Maglev.TableSize; n > 0 {
+			mg.TableSize = wrapperspb.UInt64(n)
 		}
 		c.LoadBalancingPolicy = &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
 			policy(policyMaglev, mg),
@@ -176,103 +194,146 @@ func Cluster(cs ClusterSettings) *clusterv3.Cluster {
 				MaximumRingSize: ring.MaximumRingSize,
 			}),
 		}}
+	},
+}
+
+func ringConfig(rh balancer.RingHashConfig) *clusterv3.Cluster_RingHashLbConfig {
+	ring := &clusterv3.Cluster_RingHashLbConfig{HashFunction: clusterv3.Cluster_RingHashLbConfig_XX_HASH}
+	if rh.MinimumRingSize > 0 {
+		ring.MinimumRingSize = wrapperspb.UInt64(rh.MinimumRingSize)
 	}
-	if cs.HealthyPanicThreshold != nil {
+	if rh.MaximumRingSize > 0 {
+		ring.MaximumRingSize = wrapperspb.UInt64(rh.MaximumRingSize)
+	}
+	return ring
+}
+
+// Cluster translates one upstream into an EDS Cluster. What the settings
+// leave out (zero values, nil pointers) is left out of the Cluster. The
+// upstream must have passed Validate (an lb_policy without a translator
+// is served as round_robin).
+func Cluster(u Upstream) *clusterv3.Cluster {
+	s := &u.Settings
+	c := &clusterv3.Cluster{
+		Name:                 u.Service,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: u.Service},
+		ConnectTimeout:       dur(s.ConnectTimeout),
+	}
+	tr, ok := lbTranslators[s.LBPolicy]
+	if !ok {
+		tr = lbTranslators[""]
+	}
+	tr(c, u.Service, s.LB)
+	if p := s.HealthyPanicThreshold; p != nil {
 		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{
-			HealthyPanicThreshold: &typev3.Percent{Value: *cs.HealthyPanicThreshold},
+			HealthyPanicThreshold: &typev3.Percent{Value: *p},
 		}
 	}
-	if o := cs.Outlier; o != nil {
+	if o := s.OutlierDetection; o != nil {
 		c.OutlierDetection = outlierDetection(o)
 	}
-	if b := cs.Breakers; b != nil {
+	if b := s.CircuitBreakers; b != nil {
 		th := &clusterv3.CircuitBreakers_Thresholds{
 			Priority:           corev3.RoutingPriority_DEFAULT,
-			MaxConnections:     u32(b.MaxConnections),
-			MaxPendingRequests: u32(b.MaxPendingRequests),
-			MaxRequests:        u32(b.MaxRequests),
-			MaxRetries:         u32(b.MaxRetries),
+			MaxConnections:     u32p(b.MaxConnections),
+			MaxPendingRequests: u32p(b.MaxPendingRequests),
+			MaxRequests:        u32p(b.MaxRequests),
+			MaxRetries:         u32p(b.MaxRetries),
 		}
 		if rb := b.RetryBudget; rb != nil {
 			th.RetryBudget = &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
-				BudgetPercent:       &typev3.Percent{Value: rb.BudgetPercent},
-				MinRetryConcurrency: u32(rb.MinRetryConcurrency),
+				MinRetryConcurrency: u32p(rb.MinRetryConcurrency),
+			}
+			if p := rb.BudgetPercent; p != nil {
+				th.RetryBudget.BudgetPercent = &typev3.Percent{Value: *p}
 			}
 		}
 		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{th}}
 	}
-	if h := cs.HealthCheck; h != nil {
+	if h := s.HealthCheck; h != nil {
 		c.HealthChecks = []*corev3.HealthCheck{healthCheck(h)}
 	}
 	return c
 }
 
-func outlierDetection(o *OutlierSettings) *clusterv3.OutlierDetection {
-	od := &clusterv3.OutlierDetection{
-		Consecutive_5Xx:                        u32(o.Consecutive5xx),
-		ConsecutiveGatewayFailure:              u32(o.ConsecutiveGatewayFailure),
-		ConsecutiveLocalOriginFailure:          u32(o.ConsecutiveLocalOriginFailure),
-		MaxEjectionPercent:                     u32(o.MaxEjectionPercent),
-		EnforcingConsecutive_5Xx:               u32(o.EnforcingConsecutive5xx),
-		EnforcingConsecutiveGatewayFailure:     u32(o.EnforcingConsecutiveGatewayFailure),
-		EnforcingConsecutiveLocalOriginFailure: u32(o.EnforcingConsecutiveLocalOriginFailure),
-		EnforcingSuccessRate:                   u32(o.EnforcingSuccessRate),
-		SuccessRateMinimumHosts:                u32(o.SuccessRateMinimumHosts),
-		SuccessRateRequestVolume:               u32(o.SuccessRateRequestVolume),
-		SuccessRateStdevFactor:                 u32(o.SuccessRateStdevFactor),
-		EnforcingFailurePercentage:             u32(o.EnforcingFailurePercentage),
-		FailurePercentageThreshold:             u32(o.FailurePercentageThreshold),
-		FailurePercentageMinimumHosts:          u32(o.FailurePercentageMinimumHosts),
-		FailurePercentageRequestVolume:         u32(o.FailurePercentageRequestVolume),
+func outlierDetection(o *outlier.Config) *clusterv3.OutlierDetection {
+	return &clusterv3.OutlierDetection{
+		Consecutive_5Xx:                        u32p(o.Consecutive5xx),
+		ConsecutiveGatewayFailure:              u32p(o.ConsecutiveGatewayFailure),
+		ConsecutiveLocalOriginFailure:          u32p(o.ConsecutiveLocalOriginFailure),
+		MaxEjectionPercent:                     u32p(o.MaxEjectionPercent),
+		EnforcingConsecutive_5Xx:               u32p(o.EnforcingConsecutive5xx),
+		EnforcingConsecutiveGatewayFailure:     u32p(o.EnforcingConsecutiveGatewayFailure),
+		EnforcingConsecutiveLocalOriginFailure: u32p(o.EnforcingConsecutiveLocalOriginFailure),
+		EnforcingSuccessRate:                   u32p(o.EnforcingSuccessRate),
+		SuccessRateMinimumHosts:                u32p(o.SuccessRateMinimumHosts),
+		SuccessRateRequestVolume:               u32p(o.SuccessRateRequestVolume),
+		SuccessRateStdevFactor:                 u32p(o.SuccessRateStdevFactor),
+		EnforcingFailurePercentage:             u32p(o.EnforcingFailurePercentage),
+		FailurePercentageThreshold:             u32p(o.FailurePercentageThreshold),
+		FailurePercentageMinimumHosts:          u32p(o.FailurePercentageMinimumHosts),
+		FailurePercentageRequestVolume:         u32p(o.FailurePercentageRequestVolume),
+		EnforcingLocalOriginSuccessRate:        u32p(o.EnforcingLocalOriginSuccessRate),
+		EnforcingFailurePercentageLocalOrigin:  u32p(o.EnforcingFailurePercentageLocalOrigin),
 		SplitExternalLocalOriginErrors:         o.SplitExternalLocalOriginErrors,
-		SuccessfulActiveHealthCheckUnejectHost: wrapperspb.Bool(o.SuccessfulActiveHealthCheckUnejectHost),
-		AlwaysEjectOneHost:                     wrapperspb.Bool(o.AlwaysEjectOneHost),
+		SuccessfulActiveHealthCheckUnejectHost: boolp(o.SuccessfulActiveHealthCheckUnejectHost),
+		AlwaysEjectOneHost:                     boolp(o.AlwaysEjectOneHost),
+		Interval:                               dur(o.Interval),
+		BaseEjectionTime:                       dur(o.BaseEjectionTime),
+		MaxEjectionTime:                        dur(o.MaxEjectionTime),
+		MaxEjectionTimeJitter:                  dur(o.MaxEjectionTimeJitter),
 	}
-	if o.Interval > 0 {
-		od.Interval = durationpb.New(o.Interval)
-	}
-	if o.BaseEjectionTime > 0 {
-		od.BaseEjectionTime = durationpb.New(o.BaseEjectionTime)
-	}
-	if o.MaxEjectionTime > 0 {
-		od.MaxEjectionTime = durationpb.New(o.MaxEjectionTime)
-	}
-	return od
 }
 
-func healthCheck(h *HealthCheckSettings) *corev3.HealthCheck {
-	interval, timeout := h.Interval, h.Timeout
-	if interval == 0 {
-		interval = DefaultHealthCheckInterval
-	}
-	if timeout == 0 {
-		timeout = DefaultHealthCheckTimeout
-	}
-	unhealthy, healthy := h.UnhealthyThreshold, h.HealthyThreshold
-	if unhealthy == 0 {
-		unhealthy = DefaultUnhealthyThreshold
-	}
-	if healthy == 0 {
-		healthy = DefaultHealthyThreshold
-	}
+// healthCheck translates one health check. Envoy requires interval,
+// timeout and both thresholds; where the config leaves them out, ours
+// (health.Default*) are sent.
+func healthCheck(h *health.Config) *corev3.HealthCheck {
+	d := *h
+	d.SetDefaults()
 	hc := &corev3.HealthCheck{
-		Interval:           durationpb.New(interval),
-		Timeout:            durationpb.New(timeout),
-		UnhealthyThreshold: u32(unhealthy),
-		HealthyThreshold:   u32(healthy),
-	}
-	if h.NoTrafficInterval > 0 {
-		hc.NoTrafficInterval = durationpb.New(h.NoTrafficInterval)
+		Interval:              durationpb.New(d.Interval),
+		Timeout:               durationpb.New(d.Timeout),
+		UnhealthyThreshold:    u32(uint32(d.UnhealthyThreshold)),
+		HealthyThreshold:      u32(uint32(d.HealthyThreshold)),
+		NoTrafficInterval:     dur(h.NoTrafficInterval),
+		IntervalJitter:        dur(h.IntervalJitter),
+		IntervalJitterPercent: uint32(max(h.IntervalJitterPercent, 0)),
+		InitialJitter:         dur(h.InitialJitter),
 	}
 	switch {
-	case h.HTTPPath != "":
-		hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{Path: h.HTTPPath}}
-	case h.GRPC:
-		hc.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{ServiceName: h.GRPCServiceName}}
+	case h.HTTP != nil:
+		hh := &corev3.HealthCheck_HttpHealthCheck{Path: h.HTTP.Path, Host: h.HTTP.Host,
+			ExpectedStatuses: int64Ranges(h.HTTP.ExpectedStatuses), RetriableStatuses: int64Ranges(h.HTTP.RetriableStatuses)}
+		hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: hh}
+	case h.GRPC != nil:
+		hc.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{
+			ServiceName: h.GRPC.ServiceName, Authority: h.GRPC.Authority}}
 	default:
-		hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{}}
+		tcp := &corev3.HealthCheck_TcpHealthCheck{}
+		if t := h.TCP; t != nil {
+			if t.Send != "" {
+				tcp.Send = &corev3.HealthCheck_Payload{Payload: &corev3.HealthCheck_Payload_Binary{Binary: []byte(t.Send)}}
+			}
+			if t.Expect != "" {
+				tcp.Receive = []*corev3.HealthCheck_Payload{{Payload: &corev3.HealthCheck_Payload_Binary{Binary: []byte(t.Expect)}}}
+			}
+		}
+		hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: tcp}
 	}
 	return hc
+}
+
+func int64Ranges(rs []health.StatusRange) []*typev3.Int64Range {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]*typev3.Int64Range, len(rs))
+	for i, r := range rs {
+		out[i] = &typev3.Int64Range{Start: int64(r.Start), End: int64(r.End)}
+	}
+	return out
 }
 
 // healthStatus maps discovery health to Envoy's.

@@ -21,6 +21,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
+	"github.com/sidemesh/sidemesh/sidecar/breaker"
+	"github.com/sidemesh/sidemesh/sidecar/health"
+	"github.com/sidemesh/sidemesh/sidecar/outlier"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -100,13 +105,13 @@ func TestResourcesGolden(t *testing.T) {
 	defaults := Defaults("api")
 	tests := []struct {
 		name     string
-		settings []ClusterSettings
+		settings []Upstream
 		snaps    func(t *testing.T) map[string]*discovery.Snapshot
 	}{
 		{
 			name: "weights_and_health",
-			settings: []ClusterSettings{
-				{Service: "web", LBPolicy: RoundRobin},
+			settings: []Upstream{
+				{Service: "web", Settings: upstream.Settings{LBPolicy: balancer.RoundRobin}},
 				{Service: "api"},
 			},
 			snaps: func(t *testing.T) map[string]*discovery.Snapshot {
@@ -121,26 +126,30 @@ func TestResourcesGolden(t *testing.T) {
 		},
 		{
 			name:     "envoy_defaults",
-			settings: []ClusterSettings{defaults},
+			settings: []Upstream{defaults},
 		},
 		{
 			name: "policies",
-			settings: []ClusterSettings{
-				{Service: "random", LBPolicy: WeightedRandom, ConnectTimeout: time.Second},
-				{Service: "lr", LBPolicy: LeastRequest, LeastRequestChoiceCount: 3, ActiveRequestBias: ptr(0.5)},
-				{Service: "ring", LBPolicy: RingHash, RingMinSize: 2048, RingMaxSize: 4096},
-				{Service: "maglev", LBPolicy: Maglev, MaglevTableSize: 131, HealthyPanicThreshold: ptr(0.0)},
+			settings: []Upstream{
+				{Service: "random", Settings: upstream.Settings{LBPolicy: balancer.WeightedRandom, ConnectTimeout: time.Second}},
+				{Service: "lr", Settings: upstream.Settings{LBPolicy: balancer.LeastRequest,
+					LB: balancer.Config{LeastRequest: balancer.LeastRequestConfig{ChoiceCount: 3, ActiveRequestBias: ptr(0.5)}}}},
+				{Service: "ring", Settings: upstream.Settings{LBPolicy: balancer.RingHash,
+					LB: balancer.Config{RingHash: balancer.RingHashConfig{MinimumRingSize: 2048, MaximumRingSize: 4096}}}},
+				{Service: "maglev", Settings: upstream.Settings{LBPolicy: balancer.Maglev,
+					LB: balancer.Config{Maglev: balancer.MaglevConfig{TableSize: 131}}, HealthyPanicThreshold: ptr(0.0)}},
 			},
 		},
 		{
 			name: "breakers_and_health_checks",
-			settings: []ClusterSettings{
-				{Service: "http", HealthCheck: &HealthCheckSettings{HTTPPath: "/healthz", Interval: 2 * time.Second, NoTrafficInterval: time.Minute},
-					Breakers: &BreakerSettings{MaxConnections: 10, MaxPendingRequests: 20, MaxRequests: 30, MaxRetries: 0,
-						RetryBudget: &RetryBudget{BudgetPercent: 25, MinRetryConcurrency: 4}}},
-				{Service: "tcp", HealthCheck: &HealthCheckSettings{TCP: true, Interval: time.Second, Timeout: 500 * time.Millisecond, UnhealthyThreshold: 5, HealthyThreshold: 1}},
-				{Service: "grpc", HealthCheck: &HealthCheckSettings{GRPC: true, GRPCServiceName: "grpc.health.v1.Health"},
-					Outlier: &OutlierSettings{Consecutive5xx: 3, Interval: time.Second, MaxEjectionPercent: 100, EnforcingConsecutive5xx: 0}},
+			settings: []Upstream{
+				{Service: "http", Settings: upstream.Settings{
+					HealthCheck: &health.Config{HTTP: &health.HTTPCheck{Path: "/healthz"}, Interval: 2 * time.Second, NoTrafficInterval: time.Minute},
+					CircuitBreakers: &breaker.Config{MaxConnections: ptr[uint32](10), MaxPendingRequests: ptr[uint32](20), MaxRequests: ptr[uint32](30), MaxRetries: ptr[uint32](0),
+						RetryBudget: &breaker.RetryBudgetConfig{BudgetPercent: ptr(25.0), MinRetryConcurrency: ptr[uint32](4)}}}},
+				{Service: "tcp", Settings: upstream.Settings{HealthCheck: &health.Config{TCP: &health.TCPCheck{}, Interval: time.Second, Timeout: 500 * time.Millisecond, UnhealthyThreshold: 5, HealthyThreshold: 1}}},
+				{Service: "grpc", Settings: upstream.Settings{HealthCheck: &health.Config{GRPC: &health.GRPCCheck{ServiceName: "grpc.health.v1.Health"}},
+					OutlierDetection: &outlier.Config{Consecutive5xx: ptr[uint32](3), Interval: time.Second, MaxEjectionPercent: ptr[uint32](100), EnforcingConsecutive5xx: ptr[uint32](0)}}},
 			},
 		},
 	}
@@ -181,7 +190,7 @@ func TestResourcesLeavesOutBadAddresses(t *testing.T) {
 		discovery.Endpoint{Address: "127.0.0.1:http", Weight: 1},
 		discovery.Endpoint{Address: "127.0.0.1:8080", Weight: 2},
 	)
-	res, err := Resources([]ClusterSettings{{Service: "api"}}, map[string]*discovery.Snapshot{"api": snap})
+	res, err := Resources([]Upstream{{Service: "api"}}, map[string]*discovery.Snapshot{"api": snap})
 	if err == nil || !strings.Contains(err.Error(), "api.internal:80") || !strings.Contains(err.Error(), "127.0.0.1:http") {
 		t.Fatalf("err = %v, want both bad endpoints named", err)
 	}
@@ -195,53 +204,84 @@ func TestResourcesLeavesOutBadAddresses(t *testing.T) {
 	}
 }
 
+// cdsPart is what a Cluster carries of an upstream's settings: the rest
+// (route and listener settings) is left out.
+func cdsPart(s upstream.Settings) upstream.Settings {
+	return upstream.Settings{LBPolicy: s.LBPolicy, LB: s.LB, ConnectTimeout: s.ConnectTimeout,
+		HealthyPanicThreshold: s.HealthyPanicThreshold, OutlierDetection: s.OutlierDetection,
+		CircuitBreakers: s.CircuitBreakers, HealthCheck: s.HealthCheck}
+}
+
 // The client decodes what the server encodes: settings that carry every
 // value (as Defaults does) survive the round trip unchanged.
 func TestClusterRoundTrip(t *testing.T) {
-	with := func(f func(*ClusterSettings)) ClusterSettings {
-		cs := Defaults("api")
-		f(&cs)
-		return cs
+	with := func(f func(*upstream.Settings)) Upstream {
+		u := Defaults("api")
+		f(&u.Settings)
+		u.Settings.SetDefaults()
+		return u
 	}
 	tests := []struct {
 		name string
-		cs   ClusterSettings
+		u    Upstream
 	}{
 		{"defaults", Defaults("api")},
-		{"weighted_random", with(func(cs *ClusterSettings) { cs.LBPolicy = WeightedRandom })},
-		{"least_request", with(func(cs *ClusterSettings) {
-			cs.LBPolicy, cs.LeastRequestChoiceCount, cs.ActiveRequestBias = LeastRequest, 4, ptr(0.0)
+		{"weighted_random", with(func(s *upstream.Settings) { s.LBPolicy = balancer.WeightedRandom })},
+		{"least_request", with(func(s *upstream.Settings) {
+			s.LBPolicy, s.LB.LeastRequest.ChoiceCount, s.LB.LeastRequest.ActiveRequestBias = balancer.LeastRequest, 4, ptr(0.0)
 		})},
-		{"ring_hash", with(func(cs *ClusterSettings) { cs.LBPolicy, cs.RingMinSize, cs.RingMaxSize = RingHash, 16, 32 })},
-		{"maglev", with(func(cs *ClusterSettings) { cs.LBPolicy, cs.MaglevTableSize = Maglev, 251 })},
-		{"no_panic_mode", with(func(cs *ClusterSettings) { cs.HealthyPanicThreshold = ptr(0.0) })},
-		{"outlier_zeros", with(func(cs *ClusterSettings) {
-			cs.Outlier.EnforcingConsecutive5xx, cs.Outlier.MaxEjectionPercent, cs.Outlier.AlwaysEjectOneHost = 0, 0, false
+		{"ring_hash", with(func(s *upstream.Settings) {
+			s.LBPolicy, s.LB.RingHash.MinimumRingSize, s.LB.RingHash.MaximumRingSize = balancer.RingHash, 16, 32
 		})},
-		{"retry_budget", with(func(cs *ClusterSettings) {
-			cs.Breakers.MaxRetries, cs.Breakers.RetryBudget = 0, &RetryBudget{BudgetPercent: 12.5, MinRetryConcurrency: 1}
+		{"maglev", with(func(s *upstream.Settings) { s.LBPolicy, s.LB.Maglev.TableSize = balancer.Maglev, 251 })},
+		{"no_panic_mode", with(func(s *upstream.Settings) { s.HealthyPanicThreshold = ptr(0.0) })},
+		{"outlier_zeros", with(func(s *upstream.Settings) {
+			o := *s.OutlierDetection
+			o.EnforcingConsecutive5xx, o.MaxEjectionPercent, o.AlwaysEjectOneHost = ptr[uint32](0), ptr[uint32](0), ptr(false)
+			o.MaxEjectionTimeJitter, o.EnforcingLocalOriginSuccessRate = time.Second, ptr[uint32](7)
+			s.OutlierDetection = &o
 		})},
-		{"http_check", with(func(cs *ClusterSettings) {
-			cs.HealthCheck = &HealthCheckSettings{HTTPPath: "/h", Interval: time.Second, Timeout: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1, NoTrafficInterval: time.Minute}
+		{"retry_budget", with(func(s *upstream.Settings) {
+			s.CircuitBreakers = &breaker.Config{MaxRetries: ptr[uint32](0),
+				RetryBudget: &breaker.RetryBudgetConfig{BudgetPercent: ptr(12.5), MinRetryConcurrency: ptr[uint32](1)}}
 		})},
-		{"grpc_check", with(func(cs *ClusterSettings) {
-			cs.HealthCheck = &HealthCheckSettings{GRPC: true, GRPCServiceName: "s", Interval: time.Second, Timeout: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1}
+		{"http_check", with(func(s *upstream.Settings) {
+			s.HealthCheck = &health.Config{HTTP: &health.HTTPCheck{Path: "/h", Host: "api.internal",
+				ExpectedStatuses: []health.StatusRange{{Start: 200, End: 400}}, RetriableStatuses: []health.StatusRange{{Start: 503, End: 504}}},
+				Interval: time.Second, Timeout: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1, NoTrafficInterval: time.Minute,
+				IntervalJitter: time.Millisecond, IntervalJitterPercent: 5, InitialJitter: 2 * time.Millisecond}
 		})},
-		{"no_outlier_no_breakers", with(func(cs *ClusterSettings) { cs.Outlier, cs.Breakers = nil, nil })},
+		{"grpc_check", with(func(s *upstream.Settings) {
+			s.HealthCheck = &health.Config{GRPC: &health.GRPCCheck{ServiceName: "s", Authority: "a"}, Interval: time.Second, Timeout: time.Second, UnhealthyThreshold: 1, HealthyThreshold: 1}
+		})},
+		{"tcp_check", with(func(s *upstream.Settings) {
+			s.HealthCheck = &health.Config{TCP: &health.TCPCheck{Send: "PING\r\n", Expect: "PONG"}}
+		})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d, err := DecodeCluster(Cluster(tt.cs))
+			d, err := DecodeCluster(Cluster(tt.u))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.EDSName != "api" {
-				t.Errorf("EDSName = %q, want api", d.EDSName)
+			if d.EDSName != "api" || d.Service != "api" {
+				t.Errorf("EDSName, Service = %q, %q, want api", d.EDSName, d.Service)
 			}
-			if !reflect.DeepEqual(d.Settings, tt.cs) {
-				t.Errorf("round trip:\n got %s\nwant %s", dump(d.Settings), dump(tt.cs))
+			if want := cdsPart(tt.u.Settings); !reflect.DeepEqual(d.Settings, want) {
+				t.Errorf("round trip:\n got %s\nwant %s", dump(d.Settings), dump(want))
 			}
 		})
+	}
+	// A Cluster without outlier detection, breakers or health checks
+	// decodes them as nil: it said nothing about them.
+	u := Defaults("api")
+	u.Settings.OutlierDetection, u.Settings.CircuitBreakers = nil, nil
+	d, err := DecodeCluster(Cluster(u))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := d.Settings; s.OutlierDetection != nil || s.CircuitBreakers != nil || s.HealthCheck != nil {
+		t.Errorf("absent sections decoded as %s", dump(s))
 	}
 }
 
@@ -375,7 +415,7 @@ func TestDecodeLowestPriorityOnly(t *testing.T) {
 // BenchmarkResources translates 100 services of 10 endpoints each, the
 // work behind one snapshot version.
 func BenchmarkResources(b *testing.B) {
-	settings := make([]ClusterSettings, 100)
+	settings := make([]Upstream, 100)
 	snaps := map[string]*discovery.Snapshot{}
 	for i := range settings {
 		svc := "svc-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + string(rune('a'+i/26))

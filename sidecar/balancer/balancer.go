@@ -3,17 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
-)
-
-// Policy names (Envoy's lb_policy names, lower case).
-const (
-	WeightedRandom = "weighted_random"
-	RoundRobin     = "round_robin"
-	LeastRequest   = "least_request"
-	RingHash       = "ring_hash"
-	Maglev         = "maglev"
 )
 
 // ErrNoEndpoint is what a picker with no endpoints answers.
@@ -50,22 +40,6 @@ var (
 	ErrInvalidConfig = errors.New("balancer: invalid config")
 )
 
-// policies lists the policy names New accepts, in documentation order.
-var policies = [...]string{WeightedRandom, RoundRobin, LeastRequest, RingHash, Maglev}
-
-// Policies returns the policy names New accepts.
-func Policies() []string { return append([]string(nil), policies[:]...) }
-
-// ValidPolicy reports whether New accepts the policy name.
-func ValidPolicy(name string) bool {
-	for _, p := range policies {
-		if p == name {
-			return true
-		}
-	}
-	return false
-}
-
 // New builds an immutable picker for policy over eps, using math/rand/v2's
 // goroutine-safe, lock-free top-level generator for per-pick randomness.
 //
@@ -87,8 +61,9 @@ func New(policy string, cfg Config, eps []Endpoint, seed uint64) (Picker, error)
 // use if the picker is used concurrently. Tests pass a seeded PCG and pick
 // from one goroutine. A nil rnd means math/rand/v2's rand.Uint64.
 func NewWithRand(policy string, cfg Config, eps []Endpoint, seed uint64, rnd func() uint64) (Picker, error) {
-	if !ValidPolicy(policy) {
-		return nil, fmt.Errorf("%w: %q (want one of %s)", ErrUnknownPolicy, policy, strings.Join(policies[:], ", "))
+	pol, ok := Lookup(policy)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q (want one of %s)", ErrUnknownPolicy, policy, PolicyList())
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(""); err != nil {
@@ -104,19 +79,7 @@ func NewWithRand(policy string, cfg Config, eps []Endpoint, seed uint64, rnd fun
 	for i, ep := range eps {
 		weights[i] = max(uint64(ep.Weight), 1)
 	}
-	src := source{fn: rnd}
-	switch policy {
-	case WeightedRandom:
-		return &randomPicker{src: src, s: newSampler(weights)}, nil
-	case RoundRobin:
-		return newRoundRobin(weights, seed), nil
-	case LeastRequest:
-		return newLeastRequest(cfg.LeastRequest, eps, weights, src), nil
-	case RingHash:
-		return newRingHash(cfg.RingHash, eps, weights, src), nil
-	default: // Maglev
-		return newMaglev(eps, weights, src), nil
-	}
+	return pol.build(BuildArgs{Config: cfg, Endpoints: eps, Weights: weights, Seed: seed, rand: source{fn: rnd}}), nil
 }
 
 // constPicker always answers the same index: -1 for no endpoints, 0 for one.

@@ -17,6 +17,8 @@ const (
 	// MaglevTableSize is the size of the Maglev lookup table (Envoy's
 	// default table_size; it must be prime).
 	MaglevTableSize = 65537
+	// MaxMaglevTableSize bounds table_size (Envoy: a prime up to 5000011).
+	MaxMaglevTableSize = 5000011
 )
 
 // Config holds the policy-specific settings of an upstream. Only the part
@@ -24,6 +26,25 @@ const (
 type Config struct {
 	LeastRequest LeastRequestConfig `yaml:"least_request_lb_config" json:"least_request_lb_config"`
 	RingHash     RingHashConfig     `yaml:"ring_hash_lb_config" json:"ring_hash_lb_config"`
+	// Maglev is Envoy's maglev_lb_config. It has no key in the config file
+	// (the table size is an Envoy tuning knob nobody needed locally); the
+	// control plane sets it over CDS.
+	Maglev MaglevConfig `yaml:"-" json:"maglev_lb_config"`
+}
+
+// MaglevConfig is Envoy's maglev_lb_config.
+type MaglevConfig struct {
+	// TableSize is the number of table entries: a prime up to
+	// MaxMaglevTableSize (default MaglevTableSize).
+	TableSize uint64 `yaml:"-" json:"table_size"`
+}
+
+// Size returns TableSize, or its default when unset.
+func (c MaglevConfig) Size() uint64 {
+	if c.TableSize == 0 {
+		return MaglevTableSize
+	}
+	return c.TableSize
 }
 
 // LeastRequestConfig is Envoy's least_request_lb_config.
@@ -68,6 +89,9 @@ func (c *Config) SetDefaults() {
 	if c.RingHash.MaximumRingSize == 0 {
 		c.RingHash.MaximumRingSize = DefaultMaximumRingSize
 	}
+	if c.Maglev.TableSize == 0 {
+		c.Maglev.TableSize = MaglevTableSize
+	}
 }
 
 // Validate checks the values New would use; zero values stand for their
@@ -99,7 +123,23 @@ func (c Config) Validate(path string) error {
 	if lo > hi {
 		return fmt.Errorf("%w: %s.minimum_ring_size: %d must be <= maximum_ring_size (%d)", ErrInvalidConfig, rh, lo, hi)
 	}
+	if n := c.Maglev.TableSize; n != 0 && (n > MaxMaglevTableSize || !isPrime(n)) {
+		return fmt.Errorf("%w: %s.table_size: %d must be a prime <= %d", ErrInvalidConfig, joinKey(path, "maglev_lb_config"), n, MaxMaglevTableSize)
+	}
 	return nil
+}
+
+// isPrime is trial division; table sizes are at most MaxMaglevTableSize.
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func joinKey(path, key string) string {

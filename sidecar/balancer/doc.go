@@ -15,6 +15,11 @@
 // the random policies; for least_request when all endpoints are equally
 // loaded).
 //
+// Policies register themselves by name (Register, from an init function in
+// the policy's own file); New, ValidPolicy, Hashing and the "must be one of"
+// messages all come from that registry. Adding a policy is one file here
+// holding its picker and its Register call.
+//
 // The policies (Envoy's names; each type's doc cites its source):
 //
 //   - weighted_random: Vose's alias table, O(1) with one 64-bit random
@@ -29,7 +34,8 @@
 //     leastRequestPicker for how and why this differs from Envoy's EDF).
 //   - ring_hash: Ketama ring over xxHash64("<address>_<k>"), sized between
 //     minimum_ring_size and maximum_ring_size as Envoy sizes it.
-//   - maglev: Envoy's weighted Maglev table of MaglevTableSize entries.
+//   - maglev: Envoy's weighted Maglev table of table_size entries (a prime,
+//     default MaglevTableSize).
 //
 // ring_hash and maglev use PickInfo.Hash when HasHash is set and are
 // deterministic (the same endpoints map a hash to the same endpoint on every

@@ -5,6 +5,15 @@ import (
 	"sync/atomic"
 )
 
+// LeastRequest is Envoy's LEAST_REQUEST.
+const LeastRequest = "least_request"
+
+func init() {
+	Register(Policy{Name: LeastRequest, Rank: 30, Build: func(a BuildArgs) Picker {
+		return newLeastRequest(a.Config.LeastRequest, a.Endpoints, a.Weights, a.rand)
+	}})
+}
+
 // leastRequestPicker is least_request: choice_count candidates are drawn at
 // random and the least loaded one wins.
 //

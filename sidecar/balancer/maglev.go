@@ -6,7 +6,17 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// maglevPicker is maglev: a lookup table of MaglevTableSize (prime) entries
+// Maglev is Envoy's MAGLEV.
+const Maglev = "maglev"
+
+func init() {
+	Register(Policy{Name: Maglev, Rank: 50, Hashing: true, Build: func(a BuildArgs) Picker {
+		return newMaglev(a.Config.Maglev.Size(), a.Endpoints, a.Weights, a.rand)
+	}})
+}
+
+// maglevPicker is maglev: a lookup table of table_size (prime; default
+// MaglevTableSize) entries
 // filled as in Eisenbud et al., "Maglev: A Fast and Reliable Software Network
 // Load Balancer" (NSDI 2016), pseudocode listing 1, with Envoy's weighting
 // (source/extensions/load_balancing_policies/maglev/maglev_lb.cc):
@@ -34,15 +44,15 @@ type maglevPicker[T uint16 | uint32] struct {
 	s     sampler
 }
 
-func newMaglev(eps []Endpoint, weights []uint64, src source) Picker {
+func newMaglev(m uint64, eps []Endpoint, weights []uint64, src source) Picker {
 	if len(eps) < math.MaxUint16 {
-		return &maglevPicker[uint16]{table: maglevTable[uint16](eps, weights), src: src, s: newSampler(weights)}
+		return &maglevPicker[uint16]{table: maglevTable[uint16](m, eps, weights), src: src, s: newSampler(weights)}
 	}
-	return &maglevPicker[uint32]{table: maglevTable[uint32](eps, weights), src: src, s: newSampler(weights)}
+	return &maglevPicker[uint32]{table: maglevTable[uint32](m, eps, weights), src: src, s: newSampler(weights)}
 }
 
-func maglevTable[T uint16 | uint32](eps []Endpoint, weights []uint64) []T {
-	const m = MaglevTableSize
+// maglevTable fills a table of m entries (m prime).
+func maglevTable[T uint16 | uint32](m uint64, eps []Endpoint, weights []uint64) []T {
 	type entry struct {
 		offset, skip, next uint64
 		target             uint64
@@ -68,7 +78,7 @@ func maglevTable[T uint16 | uint32](eps []Endpoint, weights []uint64) []T {
 	for i := range table {
 		table[i] = empty
 	}
-	filled := 0
+	filled := uint64(0)
 	for round := uint64(1); filled < m; round++ {
 		for i := range entries {
 			e := &entries[i]
@@ -95,5 +105,5 @@ func (p *maglevPicker[T]) Pick(info *PickInfo) int {
 	if info == nil || !info.HasHash {
 		return p.s.sample(p.src.next())
 	}
-	return int(p.table[info.Hash%MaglevTableSize])
+	return int(p.table[info.Hash%uint64(len(p.table))])
 }

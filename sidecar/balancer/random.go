@@ -6,6 +6,15 @@ import (
 	"math/rand/v2"
 )
 
+// WeightedRandom is Envoy's RANDOM, weighted.
+const WeightedRandom = "weighted_random"
+
+func init() {
+	Register(Policy{Name: WeightedRandom, Rank: 10, Build: func(a BuildArgs) Picker {
+		return &randomPicker{src: a.rand, s: newSampler(a.Weights)}
+	}})
+}
+
 // source yields the per-pick random numbers. The zero value uses
 // math/rand/v2's top-level generator (a per-thread ChaCha8 state in the
 // runtime: goroutine-safe, lock-free, allocation-free).

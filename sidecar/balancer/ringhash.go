@@ -9,6 +9,15 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
+// RingHash is Envoy's RING_HASH.
+const RingHash = "ring_hash"
+
+func init() {
+	Register(Policy{Name: RingHash, Rank: 40, Hashing: true, Build: func(a BuildArgs) Picker {
+		return newRingHash(a.Config.RingHash, a.Endpoints, a.Weights, a.rand)
+	}})
+}
+
 // ringHashPicker is ring_hash: a Ketama-style consistent-hash ring (Karger
 // et al., "Consistent hashing and random trees", STOC 1997; Envoy's
 // source/extensions/load_balancing_policies/ring_hash/ring_hash_lb.cc).

@@ -5,6 +5,15 @@ import (
 	"sync/atomic"
 )
 
+// RoundRobin is Envoy's ROUND_ROBIN, weighted.
+const RoundRobin = "round_robin"
+
+func init() {
+	Register(Policy{Name: RoundRobin, Rank: 20, Build: func(a BuildArgs) Picker {
+		return newRoundRobin(a.Weights, a.Seed)
+	}})
+}
+
 // MaxSchedule bounds the length of a round_robin schedule (Σ of the weights
 // after dividing them by their greatest common divisor). Up to this length
 // shares are exact over each cycle.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/internal/testenv"
+	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/xds"
 )
 
@@ -33,13 +34,13 @@ func (*source) Close() error { return nil }
 // setup starts two backends, our xDS server serving them as "api" with
 // the given settings and weights 1 and 3, and a gRPC client channel to
 // xds:///api.
-func setup(t *testing.T, settings xds.ClusterSettings) (*source, []*testenv.GRPCBackend, healthpb.HealthClient) {
+func setup(t *testing.T, settings xds.Upstream) (*source, []*testenv.GRPCBackend, healthpb.HealthClient) {
 	t.Helper()
 	backends := []*testenv.GRPCBackend{testenv.StartGRPCBackend(t), testenv.StartGRPCBackend(t)}
 	src := &source{}
 	publish(t, src, 1, map[string]uint32{backends[0].Addr: 1, backends[1].Addr: 3})
 
-	srv, err := xds.NewServer(xds.ServerOptions{Source: src, Settings: []xds.ClusterSettings{settings}})
+	srv, err := xds.NewServer(xds.ServerOptions{Source: src, Upstreams: []xds.Upstream{settings}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,8 +156,8 @@ func TestProxylessRoundRobin(t *testing.T) {
 // 1:3.
 func TestProxylessRingHashWeights(t *testing.T) {
 	settings := xds.Defaults("api")
-	settings.LBPolicy = xds.RingHash
-	settings.RingMinSize, settings.RingMaxSize = 4096, 8192
+	settings.Settings.LBPolicy = balancer.RingHash
+	settings.Settings.LB.RingHash = balancer.RingHashConfig{MinimumRingSize: 4096, MaximumRingSize: 8192}
 	_, backends, client := setup(t, settings)
 	seen := map[string]bool{}
 	until(t, client, "both backends to serve", func(addr string) bool {

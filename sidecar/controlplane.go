@@ -1,0 +1,138 @@
+package sidecar
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/upstream"
+	"github.com/sidemesh/sidemesh/xds"
+)
+
+// This file is the control-plane wiring: the embedded xDS server (in the
+// sidecar and as `sidemesh xds`), the xDS client as discovery source, and
+// CDS settings flowing into the clusters.
+
+// xdsUpstreams lists the upstreams the xDS server serves: each one's name
+// and its settings (defaults filled: effective values are served).
+func xdsUpstreams(cfg *Config) []xds.Upstream {
+	out := make([]xds.Upstream, 0, len(cfg.Upstreams))
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		out = append(out, xds.Upstream{Service: u.Service, Settings: u.Settings})
+	}
+	return out
+}
+
+// startXDSServer binds xds_server.listen (when configured) and serves the
+// sidecar's discovery source and upstream settings over xDS.
+func (s *Sidecar) startXDSServer() error {
+	x := s.cfg.XDSServer
+	if x == nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", x.Listen)
+	if err != nil {
+		return fmt.Errorf("xds_server.listen %s: %w", x.Listen, err)
+	}
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: s.log, Source: s.src, Upstreams: xdsUpstreams(s.cfg)})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s.xdsSrv, s.xdsLn = srv, ln
+	s.goServe(func() error { return srv.Serve(ln) })
+	return nil
+}
+
+// newXDSSource is discovery.xds: our ADS client, whose CDS settings apply
+// to upstreams for every key the config file leaves out.
+func (s *Sidecar) newXDSSource() (discovery.Source, error) {
+	cc := *s.cfg.Discovery.XDS
+	cc.NodeID = s.cfg.Node
+	if s.cfg.Service != nil {
+		cc.Cluster = s.cfg.Service.Name
+	}
+	cli, err := xds.NewClient(cc, xds.ClientOptions{Logger: s.log})
+	if err != nil {
+		return nil, err
+	}
+	s.xdsCli = cli
+	return cli, nil
+}
+
+// watchClusterSettings subscribes each cluster to its CDS settings.
+func (s *Sidecar) watchClusterSettings() {
+	if s.xdsCli == nil {
+		return
+	}
+	for _, c := range s.clusters {
+		cancel := s.xdsCli.WatchCluster(c.Name, func(remote upstream.Settings) { c.applySettings(remote) })
+		s.closers = append(s.closers, cancel)
+	}
+}
+
+// ControlPlane is `sidemesh xds`: the configured discovery source feeding
+// the embedded xDS server, with nothing else.
+type ControlPlane struct {
+	cfg  *Config
+	log  *slog.Logger
+	src  discovery.Source
+	srv  *xds.Server
+	ln   net.Listener
+	done chan struct{}
+}
+
+// NewControlPlane builds the xDS server from a config (discovery + upstreams).
+func NewControlPlane(cfg *Config, log *slog.Logger) (*ControlPlane, error) {
+	if cfg.Discovery.XDS != nil {
+		return nil, fmt.Errorf("%w: discovery.xds: the xDS server needs a source of truth (file or consul), not another xDS server", ErrConfig)
+	}
+	src, _, err := newSource(cfg.Discovery, log)
+	if err != nil {
+		return nil, err
+	}
+	if src == nil {
+		return nil, fmt.Errorf("%w: discovery: set file or consul as the xDS server's source of truth", ErrConfig)
+	}
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Source: src, Upstreams: xdsUpstreams(cfg)})
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	return &ControlPlane{cfg: cfg, log: log, src: src, srv: srv}, nil
+}
+
+// Start binds xds_server.listen and serves.
+func (cp *ControlPlane) Start() error {
+	ln, err := net.Listen("tcp", cp.cfg.XDSServer.Listen)
+	if err != nil {
+		return fmt.Errorf("xds_server.listen %s: %w", cp.cfg.XDSServer.Listen, err)
+	}
+	cp.ln, cp.done = ln, make(chan struct{})
+	go func() {
+		defer close(cp.done)
+		if err := cp.srv.Serve(ln); err != nil {
+			cp.log.Error("xds server stopped", "err", err)
+		}
+	}()
+	cp.log.Info("xds server started", "listen", ln.Addr().String(), "clusters", len(cp.cfg.Upstreams))
+	return nil
+}
+
+// Addr is the bound address.
+func (cp *ControlPlane) Addr() string { return cp.ln.Addr().String() }
+
+// Stop stops serving and closes the source.
+func (cp *ControlPlane) Stop(ctx context.Context) {
+	cp.srv.Stop()
+	if cp.done != nil {
+		select {
+		case <-cp.done:
+		case <-ctx.Done():
+		}
+	}
+	_ = cp.src.Close()
+}
