@@ -314,3 +314,23 @@ func BenchmarkAliasBomb(b *testing.B) {
 		}
 	}
 }
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("name: a\nport: 80\nupstreams:\n  - {service: a, weight: 2, timeout: 1s, meta: {x: 1}}\n"))
+	f.Add([]byte("templates: &t {weight: 3}\nupstreams:\n  - <<: *t\n    service: b\n  - *t\n"))
+	f.Add([]byte("name: ${NAME:-x}-$$\nport: ${PORT}\n"))
+	f.Add([]byte("upstreams: &u [*u]\n"))
+	f.Add([]byte(nestedAliases(5, 5)))
+	lookup := env(map[string]string{"NAME": "n", "PORT": "1"})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var d doc
+		_, err := Decode(data, &d, Options{Lookup: lookup, MaxAliasNodes: 5000})
+		var e *Error
+		if err != nil && !errors.Is(err, ErrEmpty) && !errors.As(err, &e) {
+			t.Fatalf("error is neither *Error nor ErrEmpty: %v", err)
+		}
+		if e != nil && e.Problem == "" {
+			t.Fatalf("error without a problem: %#v", e)
+		}
+	})
+}
