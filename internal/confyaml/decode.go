@@ -106,6 +106,9 @@ func Decode(data []byte, v any, opts Options) (*Result, error) {
 	return d.res, nil
 }
 
+// bareNumber is a decimal number without a unit: `5`, `-1.5`, `.5`, `1e3`.
+var bareNumber = regexp.MustCompile(`^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?$`)
+
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): `)
 
 // parse reads the node tree of the first document. yaml.v3 keeps aliases
@@ -445,7 +448,7 @@ func (d *decoder) duration(n *yaml.Node, v reflect.Value, path string, at int) e
 		return err
 	}
 	s := strings.TrimSpace(n.Value)
-	if _, err := strconv.ParseFloat(s, 64); err == nil {
+	if bareNumber.MatchString(s) {
 		return &Error{Path: path, Line: at, Problem: fmt.Sprintf("%s is not a duration; give a unit, e.g. %ss", show(n), s)}
 	}
 	dur, err := time.ParseDuration(s)

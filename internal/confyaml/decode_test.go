@@ -69,6 +69,8 @@ func TestErrorsNamePathAndLine(t *testing.T) {
 		{"bool from int", "upstreams:\n  - \"on\": 2\n", "upstreams[0].on: 2 is not true or false (line 2)"},
 		{"duration without unit", "upstreams:\n  - service: a\n    timeout: 5\n", "upstreams[0].timeout: 5 is not a duration; give a unit, e.g. 5s (line 3)"},
 		{"quoted duration without unit", "upstreams:\n  - connect_timeout: \"2.5\"\n", `upstreams[0].connect_timeout: "2.5" is not a duration; give a unit, e.g. 2.5s (line 2)`},
+		{"infinity is not a bare number", "upstreams:\n  - timeout: .inf\n", `upstreams[0].timeout: .inf is not a duration (e.g. 250ms, 5s, 1m30s) (line 2)`},
+		{"negative duration without unit", "upstreams:\n  - timeout: -1\n", `upstreams[0].timeout: -1 is not a duration; give a unit, e.g. -1s (line 2)`},
 		{"bad duration", "upstreams:\n  - timeout: soon\n", `upstreams[0].timeout: "soon" is not a duration (e.g. 250ms, 5s, 1m30s) (line 2)`},
 		{"duration from mapping", "upstreams:\n  - timeout: {s: 1}\n", "upstreams[0].timeout: must be a duration such as 5s, not a mapping (line 2)"},
 		{"list for struct", "upstreams:\n  - [1]\n", "upstreams[0]: must be a mapping, not a list (line 2)"},
