@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/sidemesh/sidemesh/sidecar.Version=$(VERSION)
 TOOLS    := bin/tools/consul bin/tools/jaeger
 PKGS     := ./...
 
-.PHONY: all build run test unit vet fmt-check tools bench image clean
+.PHONY: all build run test unit vet fmt-check tools fuzz bench image clean
 
 all: build
 
@@ -47,6 +47,21 @@ vet:
 # end-to-end tests (e2e/) that drive bin/sidemesh against real Consul and Jaeger.
 test: build tools fmt-check vet
 	SIDEMESH_REQUIRE_TOOLS=1 SIDEMESH_BIN=$(CURDIR)/bin/sidemesh $(GO) test -race -count=1 -timeout 40m $(PKGS)
+	@$(MAKE) --no-print-directory fuzz
+
+# Every Fuzz target in the module, FUZZTIME each; `go test -list` finds
+# them, so a target added later runs without an edit here. A failing input
+# is saved under the package's testdata/fuzz/ (commit it as a regression seed).
+FUZZTIME ?= 8s
+fuzz:
+	@list="$$($(GO) test -list '^Fuzz' $(PKGS))" || { echo "$$list"; exit 1; }; \
+	echo "$$list" | awk '/^Fuzz/ { names = names " " $$1; next } /^ok/ { if (names != "") print $$2 names; names = "" }' | \
+	while read -r pkg names; do \
+	  for name in $$names; do \
+	    echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
+	  done; \
+	done
 
 unit:
 	$(GO) test -race -count=1 $(PKGS)

@@ -1,13 +1,11 @@
 package sidecar
 
 import (
-	"bytes"
+	"errors"
 	"fmt"
 	"os"
-	"reflect"
-	"strings"
 
-	"gopkg.in/yaml.v3"
+	"github.com/sidemesh/sidemesh/internal/confyaml"
 )
 
 // Load reads, strictly decodes, defaults and validates a config file.
@@ -19,27 +17,24 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
-// Parse decodes a config document. Unknown keys are errors naming their path.
+// Parse decodes a config document: anchors, aliases and merge keys
+// resolve (within confyaml's expansion bound), ${VAR} and ${VAR:-default}
+// expand from the environment, and every error names the key path and
+// line: `FILE: config: upstreams[0].lb_polcy: unknown key (line 5)`.
 func Parse(name string, data []byte) (*Config, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrConfig, name, err)
-	}
-	if len(root.Content) == 0 {
+	return parse(name, data, os.LookupEnv)
+}
+
+func parse(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var c Config
+	res, err := confyaml.Decode(data, &c, confyaml.Options{Lookup: lookup})
+	if errors.Is(err, confyaml.ErrEmpty) {
 		return nil, fmt.Errorf("%w: %s: empty file", ErrConfig, name)
 	}
-	if err := checkKnownKeys(&root, reflect.TypeOf(Config{}), ""); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", name, ErrConfig, err)
 	}
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		msg := err.Error()
-		msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n  ")
-		return nil, fmt.Errorf("%s: %w: %s", name, ErrConfig, msg)
-	}
-	recordSetKeys(&root, &c)
+	recordSetKeys(res, &c)
 	c.source = name
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
@@ -48,33 +43,21 @@ func Parse(name string, data []byte) (*Config, error) {
 	return &c, nil
 }
 
-// recordSetKeys remembers which upstream keys the file set, so that xDS
-// cluster settings only fill what the file left out.
-func recordSetKeys(root *yaml.Node, c *Config) {
-	doc := root
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
-		doc = doc.Content[0]
-	}
-	if doc.Kind != yaml.MappingNode {
-		return
-	}
-	for i := 0; i+1 < len(doc.Content); i += 2 {
-		if doc.Content[i].Value != "upstreams" || doc.Content[i+1].Kind != yaml.SequenceNode {
+// recordSetKeys remembers which upstream keys the file set (merge keys
+// included), so that xDS cluster settings only fill what the file left out.
+func recordSetKeys(res *confyaml.Result, c *Config) {
+	for j := range c.Upstreams {
+		keys := res.Keys(fmt.Sprintf("upstreams[%d]", j))
+		if keys == nil {
 			continue
 		}
-		for j, un := range doc.Content[i+1].Content {
-			if j >= len(c.Upstreams) || un.Kind != yaml.MappingNode {
-				continue
-			}
-			set := map[string]bool{}
-			for k := 0; k+1 < len(un.Content); k += 2 {
-				set[un.Content[k].Value] = true
-			}
-			c.Upstreams[j].set = set
+		set := make(map[string]bool, len(keys))
+		for _, k := range keys {
+			set[k] = true
 		}
+		c.Upstreams[j].set = set
 	}
 }
 
 // IsSet reports whether the config file set the upstream key.
 func (u *Upstream) IsSet(key string) bool { return u.set[key] }
-

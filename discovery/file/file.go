@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/confyaml"
 )
 
 // ErrParse wraps every problem found in an endpoints file.
@@ -22,105 +24,86 @@ var ErrParse = errors.New("file: bad endpoints file")
 const DefaultPollInterval = 200 * time.Millisecond
 
 type fileEndpoint struct {
-	Address string `yaml:"address"`
-	Weight  *int64 `yaml:"weight"`
+	Address string        `yaml:"address"`
+	Weight  *int64        `yaml:"weight"`
+	Line    confyaml.Line `yaml:"-"`
 }
 
 type fileDoc struct {
-	Services map[string][]yaml.Node `yaml:"services"`
+	Services map[string][]fileEndpoint `yaml:"services"`
 }
 
-// Parse decodes an endpoints file. Errors name the file position and the
-// endpoint (service and index) at fault.
+// Parse decodes an endpoints file. Anchors, aliases and merge keys resolve
+// (within confyaml's expansion bound); ${VAR} is not expanded here. Errors
+// name the file position and the endpoint (service and index) at fault.
 func Parse(name string, data []byte) (map[string][]discovery.Endpoint, error) {
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrParse, name, err)
-	}
-	if len(root.Content) == 0 {
+	var doc fileDoc
+	res, err := confyaml.Decode(data, &doc, confyaml.Options{})
+	if errors.Is(err, confyaml.ErrEmpty) {
 		return nil, fmt.Errorf("%w: %s: empty document (want a `services:` map)", ErrParse, name)
 	}
-	doc := root.Content[0]
-	if doc.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("%w: %s:%d: top level must be a map with key `services`", ErrParse, name, doc.Line)
+	var ce *confyaml.Error
+	if errors.As(err, &ce) {
+		where := name
+		if ce.Line > 0 {
+			where = fmt.Sprintf("%s:%d", name, ce.Line)
+		}
+		problem := ce.Problem
+		if ce.Problem == "unknown key" {
+			problem = "unknown key " + hint(ce.Path)
+		}
+		if ce.Path != "" {
+			problem = ce.Path + ": " + problem
+		}
+		return nil, fmt.Errorf("%w: %s: %s", ErrParse, where, problem)
 	}
-	out := make(map[string][]discovery.Endpoint)
-	seenServices := false
-	for i := 0; i+1 < len(doc.Content); i += 2 {
-		k, v := doc.Content[i], doc.Content[i+1]
-		if k.Value != "services" {
-			return nil, fmt.Errorf("%w: %s:%d: unknown key %q (want `services`)", ErrParse, name, k.Line, k.Value)
-		}
-		seenServices = true
-		if v.Kind != yaml.MappingNode {
-			return nil, fmt.Errorf("%w: %s:%d: services must be a map of service name to endpoint list", ErrParse, name, v.Line)
-		}
-		for j := 0; j+1 < len(v.Content); j += 2 {
-			sk, sv := v.Content[j], v.Content[j+1]
-			svc := sk.Value
-			if sv.Kind != yaml.SequenceNode {
-				return nil, fmt.Errorf("%w: %s:%d: services.%s must be a list of endpoints", ErrParse, name, sv.Line, svc)
-			}
-			eps := make([]discovery.Endpoint, 0, len(sv.Content))
-			seen := make(map[string]int)
-			for n, en := range sv.Content {
-				var fe fileEndpoint
-				if err := decodeStrict(en, &fe); err != nil {
-					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: %v", ErrParse, name, en.Line, svc, n, err)
-				}
-				w := int64(1)
-				if fe.Weight != nil {
-					w = *fe.Weight
-				}
-				if w < 1 || w > discovery.MaxWeight {
-					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d] (%s): weight %d must be an integer in 1..%d",
-						ErrParse, name, en.Line, svc, n, fe.Address, w, discovery.MaxWeight)
-				}
-				ep := discovery.Endpoint{Address: fe.Address, Weight: uint32(w)}
-				if err := discovery.ValidateEndpoint(ep); err != nil {
-					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: %v", ErrParse, name, en.Line, svc, n, err)
-				}
-				if prev, dup := seen[fe.Address]; dup {
-					return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: address %s repeats services.%s[%d]",
-						ErrParse, name, en.Line, svc, n, fe.Address, svc, prev)
-				}
-				seen[fe.Address] = n
-				eps = append(eps, ep)
-			}
-			out[svc] = eps
-		}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrParse, name, err)
 	}
-	if !seenServices {
+	if !slices.Contains(res.Keys(""), "services") {
 		return nil, fmt.Errorf("%w: %s: missing key `services`", ErrParse, name)
+	}
+	svcs := make([]string, 0, len(doc.Services))
+	for svc := range doc.Services {
+		svcs = append(svcs, svc)
+	}
+	sort.Strings(svcs) // the first error is the same on every run
+	out := make(map[string][]discovery.Endpoint, len(svcs))
+	for _, svc := range svcs {
+		list := doc.Services[svc]
+		eps := make([]discovery.Endpoint, 0, len(list))
+		seen := make(map[string]int)
+		for n, fe := range list {
+			w := int64(1)
+			if fe.Weight != nil {
+				w = *fe.Weight
+			}
+			if w < 1 || w > discovery.MaxWeight {
+				return nil, fmt.Errorf("%w: %s:%d: services.%s[%d] (%s): weight %d must be an integer in 1..%d",
+					ErrParse, name, fe.Line, svc, n, fe.Address, w, discovery.MaxWeight)
+			}
+			ep := discovery.Endpoint{Address: fe.Address, Weight: uint32(w)}
+			if err := discovery.ValidateEndpoint(ep); err != nil {
+				return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: %v", ErrParse, name, fe.Line, svc, n, err)
+			}
+			if prev, dup := seen[fe.Address]; dup {
+				return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: address %s repeats services.%s[%d]",
+					ErrParse, name, fe.Line, svc, n, fe.Address, svc, prev)
+			}
+			seen[fe.Address] = n
+			eps = append(eps, ep)
+		}
+		out[svc] = eps
 	}
 	return out, nil
 }
 
-// decodeStrict decodes one endpoint node, refusing unknown keys.
-func decodeStrict(n *yaml.Node, v *fileEndpoint) error {
-	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("endpoint must be a map like {address: 127.0.0.1:7001, weight: 1}")
+// hint lists the keys allowed where an unknown key was found.
+func hint(path string) string {
+	if strings.Contains(path, ".") {
+		return "(want address, weight)"
 	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		switch k, val := n.Content[i].Value, n.Content[i+1]; k {
-		case "address":
-		case "weight":
-			if val.Kind != yaml.ScalarNode || val.ShortTag() != "!!int" {
-				return fmt.Errorf("weight %q must be an integer >= 1", val.Value)
-			}
-		default:
-			return fmt.Errorf("unknown key %q (want address, weight)", k)
-		}
-	}
-	if err := n.Decode(v); err != nil {
-		var te *yaml.TypeError
-		if errors.As(err, &te) && len(te.Errors) > 0 {
-			return fmt.Errorf("%s (weight must be an integer >= 1)", te.Errors[0])
-		}
-		return err
-	}
-	return nil
+	return "(want services)"
 }
 
 // Options tune a Source.

@@ -2,6 +2,7 @@ package file
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/confyaml"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -30,15 +32,39 @@ func TestParse(t *testing.T) {
 		{name: "negative weight", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: -2}\n",
 			err: "services.api[0] (127.0.0.1:7001): weight -2 must be"},
 		{name: "fractional weight", doc: "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 1.5}\n",
-			err: `ep.yaml:3: services.api[0]: weight "1.5" must be an integer >= 1`},
+			err: `ep.yaml:3: services.api[0].weight: 1.5 is not an integer`},
+		{name: "quoted weight", doc: "services:\n  api:\n    - address: 127.0.0.1:7001\n      weight: \"2\"\n",
+			err: `ep.yaml:4: services.api[0].weight: "2" is not an integer`},
 		{name: "bad address", doc: "services:\n  api:\n    - {address: localhost, weight: 1}\n",
 			err: `ep.yaml:3: services.api[0]: address "localhost" is not host:port`},
 		{name: "unknown key", doc: "services:\n  api:\n    - {adress: 127.0.0.1:1}\n",
-			err: `ep.yaml:3: services.api[0]: unknown key "adress"`},
+			err: `ep.yaml:3: services.api[0].adress: unknown key (want address, weight)`},
 		{name: "duplicate", doc: "services:\n  api:\n    - {address: 127.0.0.1:1}\n    - {address: 127.0.0.1:1}\n",
 			err: "services.api[1]: address 127.0.0.1:1 repeats services.api[0]"},
-		{name: "syntax", doc: "services:\n  api: [\n", err: "ep.yaml: yaml: line"},
-		{name: "no services", doc: "foo: 1\n", err: `ep.yaml:1: unknown key "foo"`},
+		{name: "syntax", doc: "services:\n  api: [\n", err: "ep.yaml:2: did not find expected node content"},
+		{name: "no services", doc: "foo: 1\n", err: `ep.yaml:1: foo: unknown key (want services)`},
+		{name: "services not a map", doc: "services:\n  - api\n", err: `ep.yaml:2: services: must be a mapping, not a list`},
+		{name: "endpoints not a list", doc: "services:\n  api: 127.0.0.1:1\n", err: `ep.yaml:2: services.api: must be a list, not "127.0.0.1:1"`},
+		{name: "empty", doc: "# nothing\n", err: "ep.yaml: empty document"},
+		{name: "missing services", doc: "{}\n", err: "ep.yaml: missing key `services`"},
+		{name: "variables are not expanded", doc: "services:\n  api:\n    - {address: \"${API}\"}\n",
+			err: `ep.yaml:3: services.api[0]: address "${API}" is not host:port`},
+		{name: "error in an aliased endpoint", doc: "services:\n  api:\n    - &e {address: 127.0.0.1:1}\n    - *e\n",
+			err: "ep.yaml:4: services.api[1]: address 127.0.0.1:1 repeats services.api[0]"},
+		{name: "an anchor under an unknown key", doc: `defaults: &d {weight: 2}
+services: {}`, err: "ep.yaml:1: defaults: unknown key (want services)"},
+		{name: "anchors, aliases and merge keys", doc: `services:
+  api: &api
+    - &one {address: 127.0.0.1:7001, weight: 2}
+    - {<<: *one, address: 127.0.0.1:7002}
+    - <<: *one
+      address: 127.0.0.1:7003
+      weight: 5
+  web: *api
+`, want: map[string][]discovery.Endpoint{
+			"api": {{Address: "127.0.0.1:7001", Weight: 2}, {Address: "127.0.0.1:7002", Weight: 2}, {Address: "127.0.0.1:7003", Weight: 5}},
+			"web": {{Address: "127.0.0.1:7001", Weight: 2}, {Address: "127.0.0.1:7002", Weight: 2}, {Address: "127.0.0.1:7003", Weight: 5}},
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -52,6 +78,9 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got services %v, want %v", got, tc.want)
+			}
 			for svc, eps := range tc.want {
 				if len(got[svc]) != len(eps) {
 					t.Fatalf("%s: got %v want %v", svc, got[svc], eps)
@@ -63,6 +92,26 @@ func TestParse(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// aliasBomb is the "billion laughs" shape with merge keys: nine anchors,
+// each merging nine aliases of the one before.
+func aliasBomb() string {
+	var b strings.Builder
+	b.WriteString("services:\n  api:\n    - &l0 {address: 127.0.0.1:1}\n")
+	for i := 1; i <= 9; i++ {
+		refs := strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d, ", i-1), 9), ", ")
+		fmt.Fprintf(&b, "    - &l%d {<<: [%s]}\n", i, refs)
+	}
+	return b.String()
+}
+
+func TestAliasBombRefused(t *testing.T) {
+	_, err := Parse("ep.yaml", []byte(aliasBomb()))
+	want := fmt.Sprintf("document expands to more than %d nodes through aliases", confyaml.DefaultMaxAliasNodes)
+	if err == nil || !errors.Is(err, ErrParse) || !strings.HasPrefix(err.Error(), "file: bad endpoints file: ep.yaml:") || !strings.HasSuffix(err.Error(), want) {
+		t.Fatalf("err = %v, want the expansion bound", err)
 	}
 }
 
