@@ -11,14 +11,7 @@ import (
 // adminHandler serves the contract's admin endpoints.
 func (s *Sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
-		ok, why := s.Ready()
-		w.Header().Set("Content-Type", "text/plain")
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_, _ = w.Write([]byte(why + "\n"))
-	})
+	mux.HandleFunc("GET /ready", s.serveReady)
 	mux.HandleFunc("GET /clusters", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"clusters": s.Clusters()})
 	})
@@ -30,7 +23,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 		}
 		writeJSON(w, dump)
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.HandleFunc("POST /quitquitquit", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("OK\n"))
@@ -41,6 +34,29 @@ func (s *Sidecar) adminHandler() http.Handler {
 		_, _ = w.Write([]byte("OK\n"))
 	})
 	return mux
+}
+
+// probeHandler serves the probe listener: read-only GET /ready and GET
+// /metrics, safe to expose to the Consul agent, the kubelet and Prometheus
+// on the pod's address while admin stays on loopback.
+func (s *Sidecar) probeHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", s.serveReady)
+	mux.Handle("GET /metrics", s.metricsHandler())
+	return mux
+}
+
+func (s *Sidecar) serveReady(w http.ResponseWriter, _ *http.Request) {
+	ok, why := s.Ready()
+	w.Header().Set("Content-Type", "text/plain")
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = w.Write([]byte(why + "\n"))
+}
+
+func (s *Sidecar) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.m.Registry, promhttp.HandlerOpts{})
 }
 
 func (s *Sidecar) requestQuit() {

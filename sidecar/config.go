@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -22,6 +23,7 @@ var ErrConfig = errors.New("config")
 type Config struct {
 	Node        string          `yaml:"node"`
 	Admin       string          `yaml:"admin"`
+	Probe       string          `yaml:"probe"`
 	Service     *Service        `yaml:"service"`
 	Discovery   Discovery       `yaml:"discovery"`
 	XDSServer   *XDSServer      `yaml:"xds_server"`
@@ -35,14 +37,21 @@ type Config struct {
 
 // Service is the local app (the inbound side).
 type Service struct {
-	Name        string         `yaml:"name"`
-	Port        int            `yaml:"port"`
-	Inbound     string         `yaml:"inbound"`
-	Protocol    string         `yaml:"protocol"`
-	Weight      int            `yaml:"weight"`
-	Tags        []string       `yaml:"tags"`
-	HealthCheck *health.Config `yaml:"health_check"`
-	Timeout     time.Duration  `yaml:"timeout"`
+	Name    string `yaml:"name"`
+	Port    int    `yaml:"port"`
+	Inbound string `yaml:"inbound"`
+	// Address is registered in Consul as Service.Address: the IP other
+	// hosts reach this instance at. Empty: the inbound listener's IP when
+	// it is a specific one, else detected (consul.DetectAddress).
+	Address string `yaml:"address"`
+	// DeregisterCriticalAfter lets Consul reap the entry of an instance
+	// whose check stayed critical that long (a crashed pod); 0 never.
+	DeregisterCriticalAfter *time.Duration `yaml:"deregister_critical_after"`
+	Protocol                string         `yaml:"protocol"`
+	Weight                  int            `yaml:"weight"`
+	Tags                    []string       `yaml:"tags"`
+	HealthCheck             *health.Config `yaml:"health_check"`
+	Timeout                 time.Duration  `yaml:"timeout"`
 }
 
 // Discovery selects exactly one source.
@@ -87,6 +96,13 @@ type Upstream struct {
 const (
 	DefaultAdmin        = "127.0.0.1:15000"
 	DefaultDrainTimeout = 5 * time.Second
+	// DefaultProbe is the probe listener of a sidecar whose inbound listener
+	// is reachable from other hosts (Istio's health port).
+	DefaultProbe = "0.0.0.0:15021"
+	// ProbeOff disables the probe listener.
+	ProbeOff = "off"
+	// DefaultDeregisterCriticalAfter is the Consul reaping delay.
+	DefaultDeregisterCriticalAfter = time.Minute
 )
 
 // SetDefaults fills every key left out with its default.
@@ -110,9 +126,16 @@ func (c *Config) SetDefaults() {
 		if s.Timeout == 0 {
 			s.Timeout = upstream.DefaultTimeout
 		}
+		if s.DeregisterCriticalAfter == nil {
+			d := DefaultDeregisterCriticalAfter
+			s.DeregisterCriticalAfter = &d
+		}
 		if s.HealthCheck != nil {
 			s.HealthCheck.SetDefaults()
 		}
+	}
+	if c.Probe == "" && c.Service != nil && inboundReachable(c.Service.Inbound) {
+		c.Probe = DefaultProbe
 	}
 	if c.Discovery.Consul != nil {
 		c.Discovery.Consul.SetDefaults()
@@ -151,6 +174,27 @@ func validAddr(key, addr string) error {
 	}
 	_ = host
 	return nil
+}
+
+// inboundReachable reports whether an inbound listen address is meant for
+// other hosts: a wildcard or a non-loopback IP (a pod), as opposed to
+// loopback (several sidecars sharing one host) or none.
+func inboundReachable(inbound string) bool {
+	if inbound == "" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(inbound)
+	if err != nil {
+		return false
+	}
+	if host == "" {
+		return true
+	}
+	if host == "localhost" {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err != nil || !ip.IsLoopback()
 }
 
 var protocols = map[string]bool{"http": true, "grpc": true, "tcp": true}
@@ -197,6 +241,14 @@ func (c *Config) Validate() error {
 		if !protocols[s.Protocol] {
 			return bad("service.protocol", s.Protocol, "must be one of http, grpc, tcp")
 		}
+		if s.Address != "" {
+			if _, err := netip.ParseAddr(s.Address); err != nil {
+				return bad("service.address", s.Address, "is not an IP address")
+			}
+		}
+		if *s.DeregisterCriticalAfter < 0 {
+			return bad("service.deregister_critical_after", *s.DeregisterCriticalAfter, "must be >= 0 (0: never)")
+		}
 		if s.Weight < 1 || s.Weight > 128 {
 			return bad("service.weight", s.Weight, "must be in 1..128 (Consul's range)")
 		}
@@ -204,6 +256,11 @@ func (c *Config) Validate() error {
 			if err := s.HealthCheck.Validate("service.health_check"); err != nil {
 				return fmt.Errorf("%w: %w", ErrConfig, err)
 			}
+		}
+	}
+	if c.Probe != "" && c.Probe != ProbeOff {
+		if err := validAddr("probe", c.Probe); err != nil {
+			return err
 		}
 	}
 	if c.XDSServer != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -61,21 +62,27 @@ func (s *Sidecar) startExtras() error {
 	return nil
 }
 
-// registration describes this instance for Consul.
+// registration describes this instance for Consul: the registered address
+// and the inbound port; a check on /ready through the probe listener (or
+// admin when there is none), which also covers service.health_check since
+// the sidecar runs the app's check itself.
 func (s *Sidecar) registration() (consul.Registration, error) {
 	sv := s.cfg.Service
 	if sv.Inbound == "" {
 		return consul.Registration{}, fmt.Errorf("%w: service.inbound: must be set to register in Consul (it is the address other sidecars reach)", ErrConfig)
 	}
-	host, port := s.inboundHostPort()
+	port := s.inboundLn.Addr().(*net.TCPAddr).Port
 	reg := consul.Registration{
-		ID: s.cfg.Node, Name: sv.Name, Address: host, Port: port, Weight: sv.Weight, Tags: sv.Tags,
+		ID: s.cfg.Node, Name: sv.Name, Address: s.regAddr, Port: port, Weight: sv.Weight, Tags: sv.Tags,
 		Meta: map[string]string{"sidemesh_version": Version},
 	}
-	check := &consul.Check{HTTP: "http://" + s.adminLn.Addr().String() + "/ready", Interval: 5 * time.Second, Timeout: 2 * time.Second}
-	if hc := sv.HealthCheck; hc != nil && hc.HTTP != nil {
-		check.HTTP = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(sv.Port)) + hc.HTTP.Path
-		check.Interval, check.Timeout = hc.Interval, hc.Timeout
+	check := &consul.Check{HTTP: "http://" + s.adminLn.Addr().String() + "/ready", Interval: 5 * time.Second, Timeout: 2 * time.Second,
+		DeregisterCriticalServiceAfter: *sv.DeregisterCriticalAfter}
+	if s.probeLn != nil {
+		check.HTTP = "http://" + net.JoinHostPort(s.regAddr, strconv.Itoa(s.probeLn.Addr().(*net.TCPAddr).Port)) + "/ready"
+	}
+	if hc := sv.HealthCheck; hc != nil {
+		check.Interval = hc.Interval
 	}
 	reg.Check = check
 	if err := reg.Validate("service"); err != nil {
@@ -84,10 +91,24 @@ func (s *Sidecar) registration() (consul.Registration, error) {
 	return reg, nil
 }
 
-func (s *Sidecar) inboundHostPort() (string, int) {
-	addr := s.inboundLn.Addr().(*net.TCPAddr)
-	host, _, _ := net.SplitHostPort(s.cfg.Service.Inbound)
-	return host, addr.Port
+// registeredAddress is the address other hosts reach this instance at:
+// service.address, else the inbound listener's IP when it is a specific
+// one, else detected from the route to the Consul agent.
+func registeredAddress(cfg *Config) (string, error) {
+	sv := cfg.Service
+	if sv.Address != "" {
+		return sv.Address, nil
+	}
+	if host, _, err := net.SplitHostPort(sv.Inbound); err == nil && host != "" {
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.IsUnspecified() {
+			return host, nil
+		}
+	}
+	ip, err := consul.DetectAddress(cfg.Discovery.Consul.Address)
+	if err != nil {
+		return "", fmt.Errorf("%w: service.address: not set and could not be detected (%v); set it, e.g. address: ${POD_IP}", ErrConfig, err)
+	}
+	return ip.String(), nil
 }
 
 // stopExtrasEarly runs first on shutdown: deregister from Consul so other

@@ -79,6 +79,9 @@ type Sidecar struct {
 
 	admin      *http.Server
 	adminLn    net.Listener
+	probe      *http.Server
+	probeLn    net.Listener
+	regAddr    string // the address registered in Consul
 	servers    []*http.Server
 	outbound   []namedListener
 	inboundLn  net.Listener
@@ -130,6 +133,13 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	if sv := cfg.Service; sv != nil && sv.Inbound != "" {
 		s.inbound = newInboundCluster(sv, s.m, s.tp, log.With("component", "inbound"))
 	}
+	if s.consul != nil && cfg.Service != nil {
+		addr, err := registeredAddress(cfg)
+		if err != nil {
+			return nil, err
+		}
+		s.regAddr = addr
+	}
 	return s, nil
 }
 
@@ -159,18 +169,33 @@ func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source,
 	return nil, nil, nil
 }
 
-// newInboundCluster is a one-endpoint cluster for the local app.
+// newInboundCluster is a one-endpoint cluster for the local app. With
+// service.health_check the sidecar checks the app itself (the app listens
+// on loopback, where no Consul agent or kubelet on another host reaches it)
+// and /ready reflects the verdict; requests still reach the app while it
+// fails (panic threshold 100: a one-host cluster always routes).
 func newInboundCluster(sv *Service, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
 	u := &Upstream{Service: "inbound|" + sv.Name, Listen: sv.Inbound, Protocol: sv.Protocol, Settings: upstream.Settings{Timeout: &sv.Timeout}}
+	if sv.HealthCheck != nil {
+		hc := *sv.HealthCheck
+		u.HealthCheck = &hc
+	}
 	u.SetDefaults()
-	zero := 0.0
-	u.HealthyPanicThreshold = &zero
+	pct := 0.0
+	if u.HealthCheck != nil {
+		pct = 100
+	}
+	u.HealthyPanicThreshold = &pct
 	u.noOutlier = true
 	c := newCluster(u, m, tp, log)
-	snap, _ := discovery.NewSnapshot(u.Service, 1, []discovery.Endpoint{{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(sv.Port)), Weight: 1}})
+	c.hadTraffic.Store(true) // check the local app at interval, never at no_traffic_interval
+	snap, _ := discovery.NewSnapshot(u.Service, 1, []discovery.Endpoint{{Address: appAddr(sv), Weight: 1}})
 	c.onUpdate(snap)
 	return c
 }
+
+// appAddr is where the local app listens.
+func appAddr(sv *Service) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(sv.Port)) }
 
 // Start binds every listener (failing fast, before serving anything) and
 // starts serving and watching.
@@ -179,6 +204,13 @@ func (s *Sidecar) Start() error {
 	s.adminLn, err = net.Listen("tcp", s.cfg.Admin)
 	if err != nil {
 		return fmt.Errorf("admin %s: %w", s.cfg.Admin, err)
+	}
+	if p := s.cfg.Probe; p != "" && p != ProbeOff {
+		s.probeLn, err = net.Listen("tcp", p)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("probe %s: %w", p, err)
+		}
 	}
 	for _, c := range s.clusters {
 		if c.cfg.Listen == "" {
@@ -212,6 +244,10 @@ func (s *Sidecar) Start() error {
 	// Serve.
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	s.goServe(func() error { return s.admin.Serve(s.adminLn) })
+	if s.probeLn != nil {
+		s.probe = &http.Server{Handler: s.probeHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.goServe(func() error { return s.probe.Serve(s.probeLn) })
+	}
 	s.watchClusterSettings()
 	for _, c := range s.clusters {
 		c.start(s.src)
@@ -286,6 +322,9 @@ func (s *Sidecar) closeListeners() {
 	if s.adminLn != nil {
 		s.adminLn.Close()
 	}
+	if s.probeLn != nil {
+		s.probeLn.Close()
+	}
 	for _, nl := range s.outbound {
 		nl.ln.Close()
 	}
@@ -304,6 +343,9 @@ func (s *Sidecar) Ready() (bool, string) {
 	}
 	if !s.bound.Load() {
 		return false, "listeners not bound"
+	}
+	if in := s.inbound; in != nil && in.hc != nil && !in.hc.Healthy(appAddr(s.cfg.Service)) {
+		return false, "local app failing its health check"
 	}
 	for _, c := range s.clusters {
 		select {
@@ -332,6 +374,14 @@ func (s *Sidecar) Quit() <-chan struct{} { return s.quit }
 
 // AdminAddr, UpstreamAddr and InboundAddr give the bound addresses.
 func (s *Sidecar) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// ProbeAddr is the bound probe listener, or "".
+func (s *Sidecar) ProbeAddr() string {
+	if s.probeLn == nil {
+		return ""
+	}
+	return s.probeLn.Addr().String()
+}
 
 func (s *Sidecar) UpstreamAddr(service string) string {
 	for _, nl := range s.outbound {
@@ -448,6 +498,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		}
 		if s.admin != nil {
 			_ = s.admin.Shutdown(ctx)
+		}
+		if s.probe != nil {
+			_ = s.probe.Shutdown(ctx)
 		}
 		s.wg.Wait()
 	})
