@@ -71,7 +71,6 @@ type injectOptions struct {
 
 // Sidecar ports (Istio's numbering, which users of meshes know).
 const (
-	injectAdminPort   = 15000
 	injectCapturePort = 15001
 	injectInboundPort = 15006
 	injectProbePort   = 15021
@@ -189,8 +188,11 @@ name: sidemesh
 image: %s
 restartPolicy: Always
 args: ["run", "-c", "/etc/sidemesh/sidemesh.yaml"]
+env:
+  - name: POD_IP
+    valueFrom: {fieldRef: {fieldPath: status.podIP}}
 ports:
-  - {name: sidemesh-admin, containerPort: %d}
+  - {name: sidemesh-probe, containerPort: %d}
 startupProbe:
   httpGet: {path: /ready, port: %d}
   periodSeconds: 1
@@ -206,7 +208,7 @@ securityContext:
   capabilities: {drop: [ALL]}
 volumeMounts:
   - {name: sidemesh-config, mountPath: /etc/sidemesh, readOnly: true}
-`, o.Image, injectAdminPort, injectAdminPort, injectAdminPort, injectProxyUID)))
+`, o.Image, injectProbePort, injectProbePort, injectProbePort, injectProxyUID)))
 	inits.Content = append(extra, inits.Content...)
 	vols := mapGet(spec, "volumes")
 	if vols == nil {

@@ -52,6 +52,17 @@ func TestInjectGolden(t *testing.T) {
 	if sc["name"] != "sidemesh" || sc["restartPolicy"] != "Always" || sc["startupProbe"] == nil {
 		t.Fatalf("sidecar container: %v", sc)
 	}
+	// The kubelet probes the probe listener (admin stays on loopback), and
+	// the pod's address reaches the config as ${POD_IP}.
+	for _, probe := range []string{"startupProbe", "readinessProbe"} {
+		get := sc[probe].(map[string]any)["httpGet"].(map[string]any)
+		if get["port"] != 15021 || get["path"] != "/ready" {
+			t.Errorf("%s: %v, want GET /ready on the probe port 15021", probe, get)
+		}
+	}
+	if env := sc["env"].([]any)[0].(map[string]any); env["name"] != "POD_IP" {
+		t.Errorf("sidecar env: %v, want POD_IP from the downward API", env)
+	}
 	// The init container runs the sidecar binary's netlink backend with
 	// inbound capture of the app's declared port, needs only NET_ADMIN,
 	// and its args are accepted by this binary.
