@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -19,12 +18,6 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/outlier"
 	"github.com/sidemesh/sidemesh/tracing"
 	"github.com/sidemesh/sidemesh/xds"
-)
-
-// Errors the request path answers with (mapped to HTTP in one place: errors.go).
-var (
-	ErrNoHealthyUpstream = errors.New("sidecar: no healthy upstream")
-	ErrUnknownUpstream   = errors.New("sidecar: unknown upstream")
 )
 
 // Host is one endpoint of a cluster with everything the sidecar knows about
@@ -455,33 +448,6 @@ func (c *Cluster) hostEligible(h *Host) bool {
 		return false
 	}
 	return true
-}
-
-// pick chooses a host, avoiding `avoid` (the previous attempt's host) when
-// another one exists, and says whether the cluster is in panic mode.
-// Lock-free: one atomic load and the picker.
-func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (*Host, bool, error) {
-	st := c.state.Load()
-	n := len(st.hosts)
-	if n == 0 {
-		return nil, false, ErrNoHealthyUpstream
-	}
-	if !c.hadTraffic.Load() {
-		c.hadTraffic.Store(true)
-	}
-	i := st.picker.Pick(info)
-	if i < 0 {
-		return nil, false, ErrNoHealthyUpstream
-	}
-	if avoid != nil && n > 1 && st.hosts[i] == avoid {
-		for k := 0; k < 3 && st.hosts[i] == avoid; k++ {
-			i = st.picker.Pick(info)
-		}
-		if st.hosts[i] == avoid {
-			i = (i + 1) % n
-		}
-	}
-	return st.hosts[i], st.panic, nil
 }
 
 // host returns the host for addr (dials are rare; a map lookup under the lock is fine).

@@ -83,6 +83,7 @@ type Upstream struct {
 	ConnectTimeout        time.Duration    `yaml:"connect_timeout"`
 	Timeout               *time.Duration   `yaml:"timeout"`
 	IdleTimeout           time.Duration    `yaml:"idle_timeout"`
+	TCPIdleTimeout        *time.Duration   `yaml:"tcp_idle_timeout"`
 	RetryPolicy           *RetryPolicy     `yaml:"retry_policy"`
 	OutlierDetection      *outlier.Config  `yaml:"outlier_detection"`
 	CircuitBreakers       *breaker.Config  `yaml:"circuit_breakers"`
@@ -131,6 +132,7 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 	DefaultTimeout        = 15 * time.Second
 	DefaultIdleTimeout    = time.Hour // Envoy's common_http_protocol_options.idle_timeout
+	DefaultTCPIdleTimeout = time.Hour // Envoy's tcp_proxy idle_timeout
 	DefaultPanicThreshold = 50.0
 	DefaultRetryBase      = 25 * time.Millisecond
 	DefaultMaxBuffer      = 64 << 10
@@ -198,6 +200,10 @@ func (u *Upstream) SetDefaults() {
 	}
 	if u.IdleTimeout == 0 {
 		u.IdleTimeout = DefaultIdleTimeout
+	}
+	if u.TCPIdleTimeout == nil {
+		d := DefaultTCPIdleTimeout
+		u.TCPIdleTimeout = &d
 	}
 	if u.RetryPolicy == nil {
 		// Istio's default: retry only where the request never reached the app.
@@ -404,6 +410,9 @@ func (u *Upstream) Validate(p string) error {
 	}
 	if *u.Timeout < 0 {
 		return bad(p+".timeout", *u.Timeout, "must be >= 0 (0 disables it)")
+	}
+	if *u.TCPIdleTimeout < 0 {
+		return bad(p+".tcp_idle_timeout", *u.TCPIdleTimeout, "must be >= 0 (0 disables it)")
 	}
 	if u.IdleTimeout < 0 {
 		return bad(p+".idle_timeout", u.IdleTimeout, "must be > 0")

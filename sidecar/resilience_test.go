@@ -376,7 +376,8 @@ upstreams:
 }
 
 // The pick plus the resilience wrappers on the request path: breaker in,
-// pick, outlier record, breaker out. No allocation, no mutex.
+// pick, then Done: outlier record, metrics, breaker out. No allocation, no
+// mutex.
 func BenchmarkPickWithWrappers(b *testing.B) {
 	be := benchBackend(b)
 	s, _ := startSidecar(b, oneUpstream, endpointsYAML("api", be.addr, 1, "127.0.0.1:1", 2, "127.0.0.1:2", 3))
@@ -386,18 +387,11 @@ func BenchmarkPickWithWrappers(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		info := &balancer.PickInfo{}
 		for pb.Next() {
-			br := c.breaker()
-			if err := br.AcquireRequest(); err != nil {
-				b.Fatal(err)
-			}
-			h, _, err := c.pick(info, nil)
+			p, err := c.guarded().pick(info, nil, false)
 			if err != nil {
 				b.Fatal(err)
 			}
-			h.Active.Add(1)
-			h.outlier().Record(outlier.Status(200))
-			h.Active.Add(-1)
-			br.ReleaseRequest()
+			p.Done(DoneInfo{Status: 200, Outlier: outlier.Status(200), Latency: time.Millisecond})
 		}
 	})
 }
@@ -408,11 +402,11 @@ func TestPickWithWrappersAllocs(t *testing.T) {
 	c := s.Cluster("api")
 	info := &balancer.PickInfo{}
 	n := testing.AllocsPerRun(1000, func() {
-		br := c.breaker()
-		_ = br.AcquireRequest()
-		h, _, _ := c.pick(info, nil)
-		h.outlier().Record(outlier.Status(503))
-		br.ReleaseRequest()
+		p, err := c.guarded().pick(info, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Done(DoneInfo{Status: 503, Outlier: outlier.Status(503), Latency: time.Millisecond})
 	})
 	if n != 0 {
 		t.Fatalf("pick with wrappers allocates %v per op", n)

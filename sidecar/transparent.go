@@ -40,7 +40,7 @@ const sniffTimeout = time.Second
 
 func newTransparent(s *Sidecar, ln net.Listener) *transparentListener {
 	t := &transparentListener{s: s, log: s.log.With("component", "transparent"), ln: ln, httpLn: newConnQueue(ln.Addr())}
-	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP))
+	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP), t.log)
 	t.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if pc, ok := c.(*peekedConn); ok {
 			return context.WithValue(ctx, connKey{}, pc)
@@ -148,10 +148,7 @@ func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) 
 		c = t.s.byName[name] // called by name: an unknown name is a 404
 	}
 	if c == nil || c.cfg.Protocol == "tcp" {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Header().Set("x-sidemesh-local-reply", "true")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte("unknown upstream " + r.Host + "\n"))
+		writeLocalReply(w, r, &upstreamError{kind: failUnknown, host: r.Host, err: ErrUnknownUpstream})
 		return
 	}
 	t.s.handlerFor(c).ServeHTTP(w, r)

@@ -1,0 +1,97 @@
+package sidecar
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/tracing"
+)
+
+// newInboundCluster is a one-endpoint cluster for the local app (the
+// inbound listener's upstream): no outlier detection, no panic threshold.
+func newInboundCluster(sv *Service, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
+	u := &Upstream{Service: "inbound|" + sv.Name, Listen: sv.Inbound, Protocol: sv.Protocol, Timeout: &sv.Timeout}
+	u.SetDefaults()
+	zero := 0.0
+	u.HealthyPanicThreshold = &zero
+	u.noOutlier = true
+	c := newCluster(u, m, tp, log)
+	snap, _ := discovery.NewSnapshot(u.Service, 1, []discovery.Endpoint{{Address: net.JoinHostPort("127.0.0.1", strconv.Itoa(sv.Port)), Weight: 1}})
+	c.onUpdate(snap)
+	return c
+}
+
+// inboundHandler wraps the inbound cluster's proxy with the server span
+// (the parent of the app's spans) and the inbound metrics.
+func (s *Sidecar) inboundHandler(h http.Handler) http.Handler {
+	m := s.m
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ctx, span := s.tp.StartServer(r.Context(), r)
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		h.ServeHTTP(sw, r.WithContext(ctx))
+		m.inboundRq.WithLabelValues(classes[statusClass(sw.code)]).Inc()
+		m.inboundDuration.Observe(time.Since(start).Seconds())
+		if r.ProtoMajor == 2 && isGRPCRequest(r) {
+			tracing.EndGRPC(span, sw.code, tracing.GRPCStatus(w.Header(), trailerView(w.Header())), tracing.OutcomeOK)
+		} else {
+			tracing.EndHTTP(span, sw.code, outcomeForLocal(sw))
+		}
+	})
+}
+
+func outcomeForLocal(sw *statusWriter) tracing.Outcome {
+	if sw.Header().Get("x-sidemesh-overloaded") != "" {
+		return tracing.OutcomeOverloaded
+	}
+	return tracing.OutcomeOK
+}
+
+// statusWriter records the status; Unwrap keeps Flush and trailers working
+// through http.ResponseController.
+type statusWriter struct {
+	http.ResponseWriter
+	code  int
+	wrote bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.code, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Flush() {
+	w.wrote = true
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func isGRPCRequest(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return len(ct) >= 16 && ct[:16] == "application/grpc"
+}
+
+// trailerView returns the trailers a handler set with http.TrailerPrefix.
+func trailerView(h http.Header) http.Header {
+	out := http.Header{}
+	for k, v := range h {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
+			out[k[len(http.TrailerPrefix):]] = v
+		}
+	}
+	return out
+}
