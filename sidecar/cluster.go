@@ -65,8 +65,11 @@ type Cluster struct {
 	Name string
 	cfg  *Upstream
 	log  *slog.Logger
-	m    *Metrics
-	cm   *clusterMetrics
+	// hostLog is log without the component, for the outlier detector and
+	// health checker, which add their own.
+	hostLog *slog.Logger
+	m       *Metrics
+	cm      *clusterMetrics
 
 	state      atomic.Pointer[pickState]
 	br         atomic.Pointer[breaker.Breaker]
@@ -106,11 +109,18 @@ type Cluster struct {
 }
 
 // newCluster builds a cluster; start begins watching and background work.
+// log carries no component: the cluster's own lines say "cluster" (or
+// "inbound"), its outlier detector's and health checker's their own.
 func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
+	component := "cluster"
+	if u.noOutlier {
+		component = "inbound"
+	}
 	c := &Cluster{
 		Name:     u.Service,
 		cfg:      u,
-		log:      log.With("upstream", u.Service),
+		log:      log.With("component", component, "upstream", u.Service),
+		hostLog:  log.With("upstream", u.Service),
 		m:        m,
 		cm:       m.cluster(u.Service),
 		tp:       tp,
@@ -136,12 +146,12 @@ func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger)
 }
 
 func (c *Cluster) newDetector(cfg outlier.Config) *outlier.Detector {
-	return outlier.New(cfg, outlier.Options{Logger: c.log, OnChange: c.rebuild})
+	return outlier.New(cfg, outlier.Options{Logger: c.hostLog, OnChange: c.rebuild})
 }
 
 func (c *Cluster) newChecker(cfg health.Config) *health.Checker {
 	return health.New(cfg, health.Options{
-		Logger:      c.log,
+		Logger:      c.hostLog,
 		ServiceName: c.Name,
 		OnChange:    c.rebuild,
 		Traffic:     c.hadTraffic.Load, // no_traffic_interval until the first request

@@ -109,8 +109,7 @@ const (
 
 // serveConns accepts connections from ln until it is closed and runs
 // handle for each on its own goroutine, counted in wg. A temporary accept
-// error (out of file descriptors, a connection aborted before it was
-// accepted) is logged and retried after a backoff (acceptBackoffMin
+// error (out of file descriptors, say) is logged and retried after a backoff (acceptBackoffMin
 // doubling to acceptBackoffMax, reset by a success): the listener keeps
 // serving without spinning. Any other error ends the loop and is returned.
 func serveConns(ln net.Listener, log *slog.Logger, wg *sync.WaitGroup, handle func(net.Conn)) error {
@@ -140,8 +139,8 @@ func serveConns(ln net.Listener, log *slog.Logger, wg *sync.WaitGroup, handle fu
 
 // temporaryAcceptError reports whether an Accept error is worth retrying:
 // what net/http retries (the error's Temporary method: EMFILE, ENFILE,
-// ECONNABORTED, ECONNRESET, EINTR, timeouts) and the kernel's transient
-// shortages (ENOBUFS, ENOMEM).
+// EINTR, timeouts) and the kernel's transient shortages (ENOBUFS, ENOMEM).
+// (The net package itself retries a connection aborted before Accept.)
 func temporaryAcceptError(err error) bool {
 	var te interface{ Temporary() bool }
 	if errors.As(err, &te) && te.Temporary() {

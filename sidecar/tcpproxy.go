@@ -170,12 +170,19 @@ func relay(down net.Conn, up *upstreamConn, idle time.Duration) (sent, recv int6
 
 // relayPair is the idle bookkeeping of one relayed connection pair.
 // Direction 0 reads src[0] (downstream), direction 1 reads src[1].
+//
+// A direction sees its own progress only when its copy returns (a splice
+// moves bytes unseen), so each copy runs under a read deadline and returns
+// at least once per idle period. A direction that finds itself quiet for
+// idle asks the other for a fresh report by moving its deadline to now;
+// the other, answering while quiet for idle too, closes the pair.
 type relayPair struct {
 	idle time.Duration
 	src  [2]net.Conn
 
 	mu     sync.Mutex
-	quiet  [2]time.Time // start of a direction's run without bytes (zero: it moved bytes since)
+	quiet  [2]time.Time // start of a direction's run without bytes, as of its last report (zero: it moved bytes)
+	poked  [2]bool      // the other direction asked for a report
 	done   [2]bool      // the direction finished (EOF or error): quiet from then on
 	closed bool
 }
@@ -196,24 +203,27 @@ func (r *relayPair) copy(i int, dst, src net.Conn) int64 {
 			r.finish(i)
 			return total
 		}
-		if r.checkIdle(i, n > 0, start) {
+		if r.report(i, n > 0, start) {
 			return total
 		}
 		start = time.Now()
 	}
 }
 
-// checkIdle runs when direction i's read deadline passed, having moved
-// bytes (moved) since segStart. It closes the pair when both directions
-// have been quiet for idle, and re-arms i's deadline otherwise. It reports
-// whether the pair is closed.
-func (r *relayPair) checkIdle(i int, moved bool, segStart time.Time) bool {
+// report runs when direction i's copy returned on its read deadline,
+// having moved bytes (moved) since segStart. It closes the pair when both
+// directions are known quiet for idle, and re-arms i's deadline otherwise.
+// It reports whether the pair is closed.
+func (r *relayPair) report(i int, moved bool, segStart time.Time) bool {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return true
 	}
+	o := 1 - i
+	poked := r.poked[i]
+	r.poked[i] = false
 	if moved {
 		r.quiet[i] = time.Time{}
 		_ = r.src[i].SetReadDeadline(now.Add(r.idle))
@@ -223,23 +233,20 @@ func (r *relayPair) checkIdle(i int, moved bool, segStart time.Time) bool {
 		r.quiet[i] = segStart
 	}
 	if now.Sub(r.quiet[i]) < r.idle {
-		// Woken early by the other direction's check: it has reported;
-		// wait for the rest of the period.
 		_ = r.src[i].SetReadDeadline(r.quiet[i].Add(r.idle))
 		return false
 	}
-	o := 1 - i
-	if r.done[o] || !r.quiet[o].IsZero() && now.Sub(r.quiet[o]) >= r.idle {
-		r.closed = true // quiet both ways for idle: close the pair
+	// Quiet for idle. The other direction's state is current if it is
+	// done, or if it asked for this report while quiet for idle itself
+	// (and has not moved bytes since).
+	if r.done[o] || poked && !r.quiet[o].IsZero() && now.Sub(r.quiet[o]) >= r.idle {
+		r.closed = true
 		_ = r.src[0].Close()
 		_ = r.src[1].Close()
 		return true
 	}
-	if r.quiet[o].IsZero() {
-		// The other direction may be moving bytes right now (inside a
-		// splice, unseen): make it report.
-		_ = r.src[o].SetReadDeadline(now)
-	}
+	r.poked[o] = true
+	_ = r.src[o].SetReadDeadline(now) // ask for a report now
 	_ = r.src[i].SetReadDeadline(now.Add(r.idle))
 	return false
 }

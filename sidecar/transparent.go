@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -56,20 +55,7 @@ func (t *transparentListener) serve() error {
 		defer t.wg.Done()
 		_ = t.srv.Serve(t.httpLn)
 	}()
-	for {
-		conn, err := t.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			continue
-		}
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			t.route(conn)
-		}()
-	}
+	return serveConns(t.ln, t.log, &t.wg, t.route)
 }
 
 func (t *transparentListener) close() {
@@ -106,7 +92,9 @@ func (t *transparentListener) route(conn net.Conn) {
 		return
 	}
 	if owner == nil {
-		t.log.Debug("transparent: no upstream for destination; closing", "dst", dst)
+		if t.log.Enabled(context.Background(), slog.LevelDebug) {
+			t.log.Debug("no upstream for destination; closing", "dst", dst)
+		}
 		conn.Close()
 		return
 	}
