@@ -100,31 +100,74 @@ const (
 // returns the response to relay, or the error that stands so far and
 // whether to try again.
 func (r *proxyRequest) attempt(n int, retry bool) (*http.Response, retryDecision, error) {
-	t, c, req := r.t, r.t.c, r.req
 	p, err := r.g.pick(r.info, r.prev, retry)
 	if err != nil {
-		kind := failNoHealthy
-		o := tracing.OutcomeNoHealthyUpstream
-		if errors.Is(err, breaker.ErrOverflow) {
-			kind, o = failOverflow, tracing.OutcomeOverloaded
-		} else {
-			c.cm.noHealthy.Inc()
-		}
-		if !t.inbound {
-			_, span := c.tp.StartClient(r.ctx, req, r.up, n)
-			tracing.EndHTTP(span, 0, o)
-		}
-		return nil, noRetry, &upstreamError{kind: kind, err: err}
+		return nil, noRetry, r.unpicked(n, err)
 	}
-	h := p.Host
-	r.prev = h
+	r.prev = p.Host
 	if !r.prepared {
 		if err := r.prepareBody(); err != nil {
 			p.Done(DoneInfo{Fail: failCanceled})
 			return nil, noRetry, &upstreamError{kind: failCanceled, err: err}
 		}
 	}
-	req.URL.Host = h.Addr
+	a, areq := r.begin(p, n)
+	tr := r.t.h1
+	if r.t.forceH2 || areq.ProtoMajor == 2 {
+		tr = r.t.h2
+	}
+	resp, err := tr.RoundTrip(areq)
+	if err != nil {
+		next, ferr := r.failed(a, err)
+		return nil, next, ferr
+	}
+	return r.answered(a, resp)
+}
+
+// try is one attempt in flight.
+type try struct {
+	p      picked
+	n      int
+	ctx    context.Context // the attempt's: per-try timeout, client span
+	cancel context.CancelFunc
+	span   trace.Span
+	start  time.Time
+}
+
+// end ends an attempt that leaves nothing to relay.
+func (a *try) end(d DoneInfo, status int, o tracing.Outcome) {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.p.Done(d)
+	if a.span != nil {
+		tracing.EndHTTP(a.span, status, o)
+	}
+}
+
+// unpicked is the error of an attempt that found no endpoint: none
+// eligible, or the breaker refused it.
+func (r *proxyRequest) unpicked(n int, err error) error {
+	c := r.t.c
+	kind, o := failNoHealthy, tracing.OutcomeNoHealthyUpstream
+	if errors.Is(err, breaker.ErrOverflow) {
+		kind, o = failOverflow, tracing.OutcomeOverloaded
+	} else {
+		c.cm.noHealthy.Inc()
+	}
+	if !r.t.inbound {
+		_, span := c.tp.StartClient(r.ctx, r.req, r.up, n)
+		tracing.EndHTTP(span, 0, o)
+	}
+	return &upstreamError{kind: kind, err: err}
+}
+
+// begin addresses the request to the picked endpoint and starts the
+// attempt: body, attempt-count header, per-try timeout, client span and
+// trace context. It returns the request to send.
+func (r *proxyRequest) begin(p picked, n int) (*try, *http.Request) {
+	t, c, req := r.t, r.t.c, r.req
+	req.URL.Host = p.Host.Addr
 	if r.buffered != nil {
 		buf := r.buffered
 		req.Body = io.NopCloser(bytes.NewReader(buf))
@@ -132,66 +175,51 @@ func (r *proxyRequest) attempt(n int, retry bool) (*http.Response, retryDecision
 		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
 	}
 	req.Header["X-Sidemesh-Attempt-Count"] = attemptHeader(n + 1)
-	actx, cancel := r.ctx, context.CancelFunc(nil)
+	a := &try{p: p, n: n, ctx: r.ctx}
 	if t.retry.perTry > 0 {
-		actx, cancel = context.WithTimeout(r.ctx, t.retry.perTry)
+		a.ctx, a.cancel = context.WithTimeout(r.ctx, t.retry.perTry)
 	}
-	var span trace.Span
 	if t.inbound {
-		c.tp.Inject(actx, req.Header) // the server span is the parent the app sees
+		c.tp.Inject(a.ctx, req.Header) // the server span is the parent the app sees
 	} else {
-		actx, span = c.tp.StartClient(actx, req, r.up, n)
-		tracing.SetEndpoint(span, h.Addr)
-		c.tp.Inject(actx, req.Header)
+		a.ctx, a.span = c.tp.StartClient(a.ctx, req, r.up, n)
+		tracing.SetEndpoint(a.span, p.Host.Addr)
+		c.tp.Inject(a.ctx, req.Header)
 	}
-	areq := req
-	if actx != r.ctx {
-		areq = req.WithContext(actx)
+	a.start = time.Now()
+	if a.ctx != r.ctx {
+		return a, req.WithContext(a.ctx)
 	}
-	tr := t.h1
-	if t.forceH2 || req.ProtoMajor == 2 {
-		tr = t.h2
-	}
-	start := time.Now()
-	resp, err := tr.RoundTrip(areq)
-	if err != nil {
-		if cancel != nil {
-			cancel()
-		}
-		next, uerr := r.failed(p, span, n, err, actx)
-		return nil, next, uerr
-	}
-	latency := time.Since(start)
-	result := outlier.Status(resp.StatusCode)
+	return a, req
+}
+
+// answered handles an attempt's response: discarded for a retry when the
+// policy says so and a retry slot is free, relayed otherwise (its body
+// ends the attempt).
+func (r *proxyRequest) answered(a *try, resp *http.Response) (*http.Response, retryDecision, error) {
+	t, c, req, p := r.t, r.t.c, r.req, a.p
+	done := DoneInfo{Status: resp.StatusCode, Outlier: outlier.Status(resp.StatusCode), Latency: time.Since(a.start)}
 	if r.isGRPC {
-		result = grpcResult(resp)
+		done.Outlier = grpcResult(resp)
 	}
 	canReplay := r.buffered != nil || !r.hasBody
-	if n < t.retry.numRetries && canReplay && t.retry.retriableResponse(resp, r.isGRPC) {
+	if a.n < t.retry.numRetries && canReplay && t.retry.retriableResponse(resp, r.isGRPC) {
 		// Take the next attempt's retry slot (after giving back this
 		// one's) before discarding this answer: without one, the answer
 		// stands (Envoy), rather than a local 503.
-		p.releaseRetry()
+		a.p.releaseRetry()
 		if r.g.acquireRetry() == nil {
 			drainClose(resp.Body)
-			if cancel != nil {
-				cancel()
-			}
-			p.Done(DoneInfo{Status: resp.StatusCode, Outlier: result, Latency: latency})
-			if span != nil {
-				tracing.EndHTTP(span, resp.StatusCode, tracing.OutcomeRetried)
-			}
-			return nil, retryHeld, &upstreamError{kind: failReset, host: h.Addr, err: errRetriedStatus}
+			a.end(done, resp.StatusCode, tracing.OutcomeRetried)
+			return nil, retryHeld, &upstreamError{kind: failReset, host: p.Host.Addr, err: errRetriedStatus}
 		}
 	}
 	o := tracing.OutcomeOK
-	if p.Panic && h.outlier() != nil && h.outlier().Ejected() {
+	if od := p.Host.outlier(); p.Panic && od != nil && od.Ejected() {
 		o = tracing.OutcomeEjectedEndpoint
 	} else if r.retried {
 		o = tracing.OutcomeRetried
 	}
-	db := &doneBody{ReadCloser: resp.Body, c: c, p: p, cancel: cancel, span: span, resp: resp, grpc: r.isGRPC,
-		outcome: o, done: DoneInfo{Status: resp.StatusCode, Outlier: result, Latency: latency}}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// ReverseProxy relays an upgraded connection through the body,
 		// which must stay writable; it answers a mismatched upgrade
@@ -199,42 +227,34 @@ func (r *proxyRequest) attempt(n int, retry bool) (*http.Response, retryDecision
 		rwc, ok := resp.Body.(io.ReadWriteCloser)
 		if !ok || !upgradeMatches(req.Header, resp.Header) {
 			_ = resp.Body.Close()
-			if cancel != nil {
-				cancel()
-			}
-			p.Done(db.done)
-			if span != nil {
-				tracing.EndHTTP(span, resp.StatusCode, o)
-			}
-			return nil, noRetry, &upstreamError{kind: failReset, host: h.Addr, err: errBadUpgrade}
+			a.end(done, resp.StatusCode, o)
+			return nil, noRetry, &upstreamError{kind: failReset, host: p.Host.Addr, err: errBadUpgrade}
 		}
+		db := &doneBody{ReadCloser: resp.Body, c: c, a: a, done: done, resp: resp, grpc: r.isGRPC, outcome: o}
 		resp.Body = &upgradeBody{doneBody: db, w: rwc}
 		return resp, noRetry, nil
 	}
-	resp.Body = db
+	resp.Body = &doneBody{ReadCloser: resp.Body, c: c, a: a, done: done, resp: resp, grpc: r.isGRPC, outcome: o}
 	return resp, noRetry, nil
 }
 
 // failed ends an attempt that got no response and decides on a retry.
-func (r *proxyRequest) failed(p picked, span trace.Span, n int, err error, actx context.Context) (retryDecision, error) {
-	kind := classify(err, actx)
+func (r *proxyRequest) failed(a *try, err error) (retryDecision, error) {
+	kind := classify(err, a.ctx)
 	d := DoneInfo{Fail: kind}
 	var de *dialError
 	if kind != failCanceled && kind != failOverflow && !errors.As(err, &de) {
 		d.Outlier = outcomeResult(kind) // connect failures: the dialer reported them
 	}
-	p.Done(d)
 	canReplay := r.buffered != nil || !r.hasBody || (r.guard != nil && !r.guard.read.Load())
 	retry := kind != failCanceled && kind != failOverflow && r.ctx.Err() == nil &&
-		n < r.t.retry.numRetries && canReplay && r.t.retry.retriableFailure(kind)
-	if span != nil {
-		o := failOutcome(kind)
-		if retry {
-			o = tracing.OutcomeRetried
-		}
-		tracing.EndHTTP(span, 0, o)
+		a.n < r.t.retry.numRetries && canReplay && r.t.retry.retriableFailure(kind)
+	o := failOutcome(kind)
+	if retry {
+		o = tracing.OutcomeRetried
 	}
-	ue := &upstreamError{kind: kind, host: p.Host.Addr, err: err}
+	a.end(d, 0, o)
+	ue := &upstreamError{kind: kind, host: a.p.Host.Addr, err: err}
 	if retry {
 		return retryFree, ue
 	}

@@ -16,8 +16,6 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
-	"go.opentelemetry.io/otel/trace"
-
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/http1client"
 	"github.com/sidemesh/sidemesh/tracing"
@@ -119,14 +117,13 @@ func (c *Cluster) newTransport(h2c bool) *http.Transport {
 type hashKey struct{}
 
 // doneBody ends the attempt (the pick's Done), the request's accounting
-// and its span when the proxy closes the body, after trailers have arrived.
+// and the attempt's span when the proxy closes the body, after trailers
+// have arrived.
 type doneBody struct {
 	io.ReadCloser
 	c       *Cluster
-	p       picked
+	a       *try
 	done    DoneInfo
-	cancel  context.CancelFunc
-	span    trace.Span
 	resp    *http.Response
 	grpc    bool
 	outcome tracing.Outcome
@@ -136,16 +133,17 @@ type doneBody struct {
 func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	if b.once.CompareAndSwap(false, true) {
-		if b.cancel != nil {
-			b.cancel()
+		a := b.a
+		if a.cancel != nil {
+			a.cancel()
 		}
-		b.p.Done(b.done)
+		a.p.Done(b.done)
 		b.c.cm.rqActive.Dec()
-		if b.span != nil {
+		if a.span != nil {
 			if b.grpc {
-				tracing.EndGRPC(b.span, b.resp.StatusCode, tracing.GRPCStatus(b.resp.Header, b.resp.Trailer), b.outcome)
+				tracing.EndGRPC(a.span, b.resp.StatusCode, tracing.GRPCStatus(b.resp.Header, b.resp.Trailer), b.outcome)
 			} else {
-				tracing.EndHTTP(b.span, b.resp.StatusCode, b.outcome)
+				tracing.EndHTTP(a.span, b.resp.StatusCode, b.outcome)
 			}
 		}
 	}
