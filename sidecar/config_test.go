@@ -22,6 +22,7 @@ func TestBadConfigs(t *testing.T) {
 		{"bad protocol", goodBase + "    protocol: udp\n", `bad.yaml: config: upstreams[0].protocol: "udp" must be one of http, grpc, tcp`},
 		{"bad listen", "discovery: {file: ep.yaml}\nupstreams:\n  - {service: api, listen: nowhere}\n", `bad.yaml: config: upstreams[0].listen: "nowhere" is not host:port`},
 		{"negative connect timeout", goodBase + "    connect_timeout: -1s\n", `bad.yaml: config: upstreams[0].connect_timeout: "-1s" must be > 0`},
+		{"negative tcp idle timeout", goodBase + "    tcp_idle_timeout: -1s\n", `bad.yaml: config: upstreams[0].tcp_idle_timeout: "-1s" must be >= 0 (0 disables it)`},
 		{"bad duration", goodBase + "    timeout: soon\n", "bad.yaml: config: line 5: cannot unmarshal !!str `soon` into time.Duration"},
 		{"bad retry_on", goodBase + "    retry_policy: {retry_on: \"5xx,sometimes\"}\n", `bad.yaml: config: upstreams[0].retry_policy.retry_on: "sometimes" is not a retry condition`},
 		{"too many retries", goodBase + "    retry_policy: {num_retries: 11}\n", `bad.yaml: config: upstreams[0].retry_policy.num_retries: 11 must be in 0..10`},
