@@ -83,15 +83,20 @@ upstreams:
 	}
 	ejectedAt := time.Now()
 	hits := bad.hits.Load()
-	// While ejected (1.5 s), no traffic reaches it.
-	for time.Since(ejectedAt) < time.Second {
+	// While it is ejected, no traffic reaches it: every request that both
+	// starts and ends with the endpoint reported ejected goes elsewhere.
+	during := 0
+	for ; during < 20; during++ {
 		resp, _ := get(t, c, url)
-		if resp.StatusCode != 200 {
-			t.Fatalf("status %d while the failing endpoint is ejected", resp.StatusCode)
+		if endpointHealth(t, s, bad.addr).Health != "ejected" {
+			break // the ejection ended during this request
+		}
+		if resp.StatusCode != 200 || bad.hits.Load() != hits {
+			t.Fatalf("status %d, %d requests to the ejected endpoint", resp.StatusCode, bad.hits.Load()-hits)
 		}
 	}
-	if bad.hits.Load() != hits {
-		t.Fatalf("ejected endpoint got %d requests", bad.hits.Load()-hits)
+	if during == 0 {
+		t.Fatal("the ejection ended before any request could test it")
 	}
 	// After the ejection time, it is back.
 	eventually(t, 10*time.Second, "un-ejection", func() bool { return endpointHealth(t, s, bad.addr).Health == "healthy" })
