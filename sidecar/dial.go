@@ -40,6 +40,12 @@ func (c *Cluster) dial(ctx context.Context, addr string, mode dialMode) (*upstre
 	if err := c.acquireConn(ctx, br, mode); err != nil {
 		return nil, err
 	}
+	return c.connect(ctx, br, addr, mode)
+}
+
+// connect is dial with the max_connections slot of br already taken; the
+// connection gives it back when closed, a failed connect at once.
+func (c *Cluster) connect(ctx context.Context, br *breaker.Breaker, addr string, mode dialMode) (*upstreamConn, error) {
 	h := c.host(addr)
 	d := net.Dialer{Timeout: c.connectTimeout(), KeepAlive: dialKeepAlive}
 	conn, err := d.DialContext(ctx, "tcp", addr)

@@ -69,26 +69,27 @@ func (p *tcpProxy) closeAll() {
 
 // dialUpstream picks and connects, retrying connect failures on other
 // endpoints (num_retries of the retry policy, when retry_on covers connect
-// failures). On success the returned pick is the relay's attempt, to be
-// ended with Done.
+// failures). Each attempt takes its max_connections slot before the pick
+// (Envoy's tcp_proxy refuses at once when the limit is reached). On
+// success the returned pick is the relay's attempt, to be ended with Done.
 func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*upstreamConn, picked, error) {
 	c := p.c
 	var prev *Host
 	var lastErr error
 	for attempt := 0; attempt <= p.retries; attempt++ {
+		br := c.breaker()
+		if err := c.acquireConn(ctx, br, dialTCP); err != nil {
+			return nil, picked{Host: prev}, err
+		}
 		pk, err := c.pick(info, prev)
 		if err != nil {
+			br.ReleaseConn()
 			c.cm.noHealthy.Inc()
 			return nil, picked{Host: prev}, err
 		}
 		prev = pk.Host
-		conn, err := c.dial(ctx, pk.Host.Addr, dialTCP)
+		conn, err := c.connect(ctx, br, pk.Host.Addr, dialTCP)
 		if err != nil {
-			var de *dialError
-			if !errors.As(err, &de) { // max_connections: no endpoint's fault, no retry
-				pk.Done(DoneInfo{Fail: failOverflow})
-				return nil, picked{Host: prev}, err
-			}
 			pk.Done(DoneInfo{Fail: failConnect})
 			lastErr = err
 			continue
