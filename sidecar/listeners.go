@@ -108,11 +108,13 @@ const (
 )
 
 // serveConns accepts connections from ln until it is closed and runs
-// handle for each on its own goroutine, counted in wg. A temporary accept
-// error (out of file descriptors, say) is logged and retried after a backoff (acceptBackoffMin
-// doubling to acceptBackoffMax, reset by a success): the listener keeps
-// serving without spinning. Any other error ends the loop and is returned.
-func serveConns(ln net.Listener, log *slog.Logger, wg *sync.WaitGroup, handle func(net.Conn)) error {
+// handle for each on its own goroutine in g (a connection accepted after g
+// closed is closed at once). A temporary accept error (out of file
+// descriptors, say) is logged and retried after a backoff
+// (acceptBackoffMin doubling to acceptBackoffMax, reset by a success): the
+// listener keeps serving without spinning. Any other error ends the loop
+// and is returned.
+func serveConns(ln net.Listener, log *slog.Logger, g *connGroup, handle func(net.Conn)) error {
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -129,12 +131,43 @@ func serveConns(ln net.Listener, log *slog.Logger, wg *sync.WaitGroup, handle fu
 			continue
 		}
 		delay = 0
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			handle(conn)
-		}()
+		if !g.run(func() { handle(conn) }) {
+			_ = conn.Close()
+		}
 	}
+}
+
+// connGroup runs connection handlers, each on its own goroutine, and waits
+// for them. Once closed it starts no more, so that closing and waiting
+// never races with an accept loop starting one.
+type connGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// run starts f unless the group is closed; it reports whether it did.
+func (g *connGroup) run(f func()) bool {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return false
+	}
+	g.wg.Add(1)
+	g.mu.Unlock()
+	go func() {
+		defer g.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// closeAndWait stops new handlers and waits for the running ones.
+func (g *connGroup) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // temporaryAcceptError reports whether an Accept error is worth retrying:

@@ -63,12 +63,12 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		}
 		script = append(script, acceptErr(syscall.ENFILE))
 		ln := newScriptedListener(script...)
-		var wg sync.WaitGroup
+		var g connGroup
 		served := make(chan net.Conn, 1)
 		errc := make(chan error, 1)
 		start := time.Now()
 		go func() {
-			errc <- serveConns(ln, slog.New(slog.DiscardHandler), &wg, func(c net.Conn) { served <- c })
+			errc <- serveConns(ln, slog.New(slog.DiscardHandler), &g, func(c net.Conn) { served <- c })
 		}()
 		a, b := net.Pipe()
 		defer b.Close()
@@ -90,7 +90,7 @@ func TestAcceptBackoffOnEMFILE(t *testing.T) {
 		if err := <-errc; err != nil {
 			t.Fatalf("serveConns after Close: %v", err)
 		}
-		wg.Wait()
+		g.closeAndWait()
 		a.Close()
 	})
 }
@@ -101,11 +101,11 @@ func TestAcceptBackoffResetsAndStopsOnPermanentError(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		broken := errors.New("listener broken")
 		ln := newScriptedListener(acceptErr(syscall.EMFILE), acceptErr(syscall.EMFILE), nil, acceptErr(syscall.EMFILE), broken)
-		var wg sync.WaitGroup
+		var g connGroup
 		errc := make(chan error, 1)
 		start := time.Now()
 		go func() {
-			errc <- serveConns(ln, slog.New(slog.DiscardHandler), &wg, func(c net.Conn) { c.Close() })
+			errc <- serveConns(ln, slog.New(slog.DiscardHandler), &g, func(c net.Conn) { c.Close() })
 		}()
 		a, b := net.Pipe()
 		defer b.Close()
@@ -124,7 +124,7 @@ func TestAcceptBackoffResetsAndStopsOnPermanentError(t *testing.T) {
 		if n := ln.accepts.Load(); n != 5 {
 			t.Errorf("%d Accept calls, want 5", n)
 		}
-		wg.Wait()
+		g.closeAndWait()
 	})
 }
 

@@ -24,7 +24,7 @@ type tcpProxy struct {
 	log         *slog.Logger
 	retries     int           // connect failures retried on other endpoints
 	idleTimeout time.Duration // tcp_idle_timeout (0: none)
-	wg          sync.WaitGroup
+	handlers    connGroup     // one per connection its listener accepted
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -38,7 +38,7 @@ func newTCPProxy(c *Cluster, log *slog.Logger) *tcpProxy {
 }
 
 func (p *tcpProxy) serve(ln net.Listener) error {
-	return serveConns(ln, p.log, &p.wg, p.handle)
+	return serveConns(ln, p.log, &p.handlers, p.handle)
 }
 
 func (p *tcpProxy) track(c net.Conn, on bool) {
@@ -64,7 +64,7 @@ func (p *tcpProxy) closeAll() {
 		_ = c.Close()
 	}
 	p.mu.Unlock()
-	p.wg.Wait()
+	p.handlers.closeAndWait()
 }
 
 // dialUpstream picks and connects, retrying connect failures on other

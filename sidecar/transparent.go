@@ -32,7 +32,8 @@ type transparentListener struct {
 	ln     net.Listener
 	httpLn *connQueue
 	srv    *http.Server
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the HTTP server
+	conns  connGroup      // one per accepted connection, until routed
 }
 
 const sniffTimeout = time.Second
@@ -55,13 +56,14 @@ func (t *transparentListener) serve() error {
 		defer t.wg.Done()
 		_ = t.srv.Serve(t.httpLn)
 	}()
-	return serveConns(t.ln, t.log, &t.wg, t.route)
+	return serveConns(t.ln, t.log, &t.conns, t.route)
 }
 
 func (t *transparentListener) close() {
 	t.ln.Close()
 	t.httpLn.Close()
 	_ = t.srv.Close()
+	t.conns.closeAndWait()
 	t.wg.Wait()
 }
 
