@@ -86,6 +86,37 @@ func (s *Sidecar) ConfigDump() (map[string]any, error) {
 		return nil, err
 	}
 	out := map[string]any{"config": v, "version": Version}
-	s.extraDump(out)
+	s.componentDump(out)
 	return out, nil
+}
+
+// componentDump adds the state of the optional components (xDS client and
+// server, Consul discovery and registration) to /config_dump.
+func (s *Sidecar) componentDump(out map[string]any) {
+	if s.xdsCli != nil {
+		out["xds_client"] = s.xdsCli.Stats()
+		// What each upstream runs with after merging the control plane's
+		// cluster settings under the file's own keys.
+		eff := map[string]any{}
+		for _, c := range s.clusters {
+			c.mu.Lock()
+			e := map[string]any{"lb_policy": c.lbPolicy, "healthy_panic_threshold": c.panicPct,
+				"connect_timeout": c.connectTimeout().String(), "circuit_breakers": c.breaker().Stats()}
+			if c.lastCDS != nil {
+				e["from_xds"] = c.lastCDS
+			}
+			c.mu.Unlock()
+			eff[c.Name] = e
+		}
+		out["effective_clusters"] = eff
+	}
+	if s.xdsSrv != nil {
+		out["xds_server"] = s.xdsSrv.Stats()
+	}
+	if s.consul != nil {
+		out["consul"] = s.consul.Stats()
+	}
+	if s.reg != nil {
+		out["consul_registration"] = s.reg.Stats()
+	}
 }

@@ -76,9 +76,11 @@ func BenchmarkClusterPick(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				info := &balancer.PickInfo{}
 				for pb.Next() {
-					if _, _, err := c.pick(info, nil); err != nil {
+					p, err := c.pick(info, nil)
+					if err != nil {
 						b.Fatal(err)
 					}
+					p.Done(DoneInfo{})
 				}
 			})
 		})
@@ -90,7 +92,10 @@ func TestClusterPickAllocs(t *testing.T) {
 	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", be.addr, 1, "127.0.0.1:1", 2))
 	c := s.Cluster("api")
 	info := &balancer.PickInfo{}
-	if n := testing.AllocsPerRun(1000, func() { _, _, _ = c.pick(info, nil) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() {
+		p, _ := c.pick(info, nil)
+		p.Done(DoneInfo{})
+	}); n != 0 {
 		t.Fatalf("cluster pick allocates %v per op", n)
 	}
 }

@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -20,12 +19,6 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/outlier"
 	"github.com/sidemesh/sidemesh/tracing"
 	"github.com/sidemesh/sidemesh/upstream"
-)
-
-// Errors the request path answers with (mapped to HTTP in one place: errors.go).
-var (
-	ErrNoHealthyUpstream = errors.New("sidecar: no healthy upstream")
-	ErrUnknownUpstream   = errors.New("sidecar: unknown upstream")
 )
 
 // Host is one endpoint of a cluster with everything the sidecar knows about
@@ -73,8 +66,11 @@ type Cluster struct {
 	Name string
 	cfg  *Upstream
 	log  *slog.Logger
-	m    *Metrics
-	cm   *clusterMetrics
+	// hostLog is log without the component, for the outlier detector and
+	// health checker, which add their own.
+	hostLog *slog.Logger
+	m       *Metrics
+	cm      *clusterMetrics
 
 	state      atomic.Pointer[pickState]
 	br         atomic.Pointer[breaker.Breaker]
@@ -118,11 +114,18 @@ type Cluster struct {
 }
 
 // newCluster builds a cluster; start begins watching and background work.
+// log carries no component: the cluster's own lines say "cluster" (or
+// "inbound"), its outlier detector's and health checker's their own.
 func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
+	component := "cluster"
+	if u.noOutlier {
+		component = "inbound"
+	}
 	c := &Cluster{
 		Name:     u.Service,
 		cfg:      u,
-		log:      log.With("upstream", u.Service),
+		log:      log.With("component", component, "upstream", u.Service),
+		hostLog:  log.With("upstream", u.Service),
 		m:        m,
 		cm:       m.cluster(u.Service),
 		tp:       tp,
@@ -148,12 +151,12 @@ func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger)
 }
 
 func (c *Cluster) newDetector(cfg outlier.Config) *outlier.Detector {
-	return outlier.New(cfg, outlier.Options{Logger: c.log, OnChange: c.rebuild})
+	return outlier.New(cfg, outlier.Options{Logger: c.hostLog, OnChange: c.rebuild})
 }
 
 func (c *Cluster) newChecker(cfg health.Config) *health.Checker {
 	return health.New(cfg, health.Options{
-		Logger:      c.log,
+		Logger:      c.hostLog,
 		ServiceName: c.Name,
 		OnChange:    c.rebuild,
 		Traffic:     c.hadTraffic.Load, // no_traffic_interval until the first request
@@ -552,33 +555,6 @@ func (c *Cluster) hostEligible(h *Host) bool {
 		return false
 	}
 	return true
-}
-
-// pick chooses a host, avoiding `avoid` (the previous attempt's host) when
-// another one exists, and says whether the cluster is in panic mode.
-// Lock-free: one atomic load and the picker.
-func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (*Host, bool, error) {
-	st := c.state.Load()
-	n := len(st.hosts)
-	if n == 0 {
-		return nil, false, ErrNoHealthyUpstream
-	}
-	if !c.hadTraffic.Load() {
-		c.hadTraffic.Store(true)
-	}
-	i := st.picker.Pick(info)
-	if i < 0 {
-		return nil, false, ErrNoHealthyUpstream
-	}
-	if avoid != nil && n > 1 && st.hosts[i] == avoid {
-		for k := 0; k < 3 && st.hosts[i] == avoid; k++ {
-			i = st.picker.Pick(info)
-		}
-		if st.hosts[i] == avoid {
-			i = (i + 1) % n
-		}
-	}
-	return st.hosts[i], st.panic, nil
 }
 
 // host returns the host for addr (dials are rare; a map lookup under the lock is fine).

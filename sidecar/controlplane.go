@@ -47,6 +47,13 @@ func (s *Sidecar) startXDSServer() error {
 	return nil
 }
 
+// stopXDSServer stops the embedded xDS server, if any (last on shutdown).
+func (s *Sidecar) stopXDSServer() {
+	if s.xdsSrv != nil {
+		s.xdsSrv.Stop()
+	}
+}
+
 // newXDSSource is discovery.xds: our ADS client, whose CDS settings apply
 // to upstreams for every key the config file leaves out.
 func (s *Sidecar) newXDSSource() (discovery.Source, error) {

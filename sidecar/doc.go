@@ -7,16 +7,24 @@
 // endpoint address (counters, outlier and health state survive updates) and
 // rebuilds an immutable balancer.Picker whenever the eligible set changes
 // (snapshot, ejection, health verdict, slow-start step), publishing it with
-// an atomic pointer. The request path (Cluster.pick) is one atomic load and
-// one Pick: no mutex, no allocation.
+// an atomic pointer. The request path picks with one atomic load and one
+// Pick: no mutex, no allocation.
 //
-// Mechanism is apart from policy: an Engine turns a Cluster into an HTTP
-// handler (the default is httputil.ReverseProxy over a pooled transport whose
-// RoundTrip picks, retries, applies breakers and feeds outlier detection);
-// the TCP proxy relays with splice. Errors are mapped to the contract's
-// answers in one place (errors.go).
+// Every attempt, HTTP or TCP, starts with a pick and ends with the pick's
+// Done(DoneInfo) (pick.go), the only feedback from the data path: the
+// least-request active count, the circuit-breaker slots (the breaker wraps
+// the picker for HTTP: a request slot is taken before the pick and given
+// back in Done), outlier results and per-endpoint metrics. Connections to
+// endpoints are made in one place (dial.go): max_connections, connect
+// timeout, connect outcomes for outlier detection, cx_active accounting.
+//
+// The HTTP proxy (httpproxy.go) is httputil.ReverseProxy over a cluster
+// transport whose RoundTrip runs the attempts (attempt.go) under the retry
+// policy (retry.go); HTTP/1.1 upstreams use the lean client of package
+// http1client. The TCP proxy (tcpproxy.go) relays with splice. Every answer
+// the sidecar makes itself comes from one mapping (localreply.go).
 //
 // Concurrency: Cluster methods used on the request path (pick, breaker,
-// policyName, connectTimeout) are safe from any goroutine; the rest take
-// Cluster.mu. Sidecar.Start and Shutdown are called once each.
+// policyName, connectTimeout, dial) are safe from any goroutine; the rest
+// take Cluster.mu. Sidecar.Start and Shutdown are called once each.
 package sidecar

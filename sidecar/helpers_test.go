@@ -85,6 +85,12 @@ func endpointsYAML(service string, eps ...any) string {
 // endpoints file path; listeners should use port 0.
 func startSidecar(t testing.TB, cfgYAML, endpoints string) (*Sidecar, string) {
 	t.Helper()
+	return startSidecarWith(t, cfgYAML, endpoints, Options{})
+}
+
+// startSidecarWith is startSidecar with options.
+func startSidecarWith(t testing.TB, cfgYAML, endpoints string, opts Options) (*Sidecar, string) {
+	t.Helper()
 	dir := t.TempDir()
 	ep := filepath.Join(dir, "endpoints.yaml")
 	writeFile(t, ep, endpoints)
@@ -93,7 +99,7 @@ func startSidecar(t testing.TB, cfgYAML, endpoints string) (*Sidecar, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, Options{})
+	s, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

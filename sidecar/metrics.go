@@ -1,7 +1,9 @@
 package sidecar
 
 import (
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -128,7 +130,8 @@ func statusClass(code int) int {
 }
 
 // stateCollector reads counters that live in the resilience packages
-// (breakers, outlier detectors) and in extras at scrape time, so the
+// (breakers, outlier detectors) and in the optional components (discovery,
+// registration, xDS, tracing) at scrape time, so the
 // request path never touches a second set of counters.
 type stateCollector struct {
 	s *Sidecar
@@ -170,5 +173,63 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descEjectionsActive, prometheus.GaugeValue, float64(st.EjectionsActive), c.Name)
 		}
 	}
-	sc.s.collectExtras(ch)
+	sc.s.collectComponents(ch)
+}
+
+var (
+	descConsulFailures = prometheus.NewDesc("sidemesh_discovery_consul_failures_total",
+		"Failed Consul health queries (the last endpoints stay in service).", []string{"upstream"}, nil)
+	descConsulQueries = prometheus.NewDesc("sidemesh_discovery_consul_queries_total",
+		"Consul blocking queries made.", []string{"upstream"}, nil)
+	descConsulStale = prometheus.NewDesc("sidemesh_discovery_stale_seconds",
+		"Seconds since the discovery source last vouched for the endpoints.", []string{"upstream"}, nil)
+	descXDSClient = prometheus.NewDesc("sidemesh_xds_client_responses_total",
+		"xDS responses received by the client, by type and verdict (update = received, ack, nack).", []string{"type", "verdict"}, nil)
+	descXDSConnected = prometheus.NewDesc("sidemesh_xds_client_connected", "1 while the ADS stream is up.", nil, nil)
+	descXDSServer    = prometheus.NewDesc("sidemesh_xds_server_requests_total",
+		"xDS requests received by the embedded server, by verdict (request, ack, nack).", []string{"verdict"}, nil)
+	descXDSStreams    = prometheus.NewDesc("sidemesh_xds_server_streams", "Open xDS streams on the embedded server.", nil, nil)
+	descSpans         = prometheus.NewDesc("sidemesh_tracing_spans_total", "Spans ended, by fate (exported, dropped).", []string{"fate"}, nil)
+	descRegistrations = prometheus.NewDesc("sidemesh_consul_registrations_total", "Registrations of this instance made in Consul.", nil, nil)
+)
+
+// collectComponents reports the optional components' counters.
+func (s *Sidecar) collectComponents(ch chan<- prometheus.Metric) {
+	if s.consul != nil {
+		now := time.Now()
+		for _, st := range s.consul.Stats() {
+			ch <- prometheus.MustNewConstMetric(descConsulFailures, prometheus.CounterValue, float64(st.FailuresTotal), st.Service)
+			ch <- prometheus.MustNewConstMetric(descConsulQueries, prometheus.CounterValue, float64(st.QueriesTotal), st.Service)
+			ch <- prometheus.MustNewConstMetric(descConsulStale, prometheus.GaugeValue, st.Stale(now).Seconds(), st.Service)
+		}
+	}
+	if s.reg != nil {
+		ch <- prometheus.MustNewConstMetric(descRegistrations, prometheus.CounterValue, float64(s.reg.Stats().Registrations))
+	}
+	if s.xdsCli != nil {
+		st := s.xdsCli.Stats()
+		up := 0.0
+		if st.Connected {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descXDSConnected, prometheus.GaugeValue, up)
+		for typ, ts := range st.Types {
+			short := typ[strings.LastIndexByte(typ, '.')+1:]
+			ch <- prometheus.MustNewConstMetric(descXDSClient, prometheus.CounterValue, float64(ts.Updates), short, "update")
+			ch <- prometheus.MustNewConstMetric(descXDSClient, prometheus.CounterValue, float64(ts.ACKs), short, "ack")
+			ch <- prometheus.MustNewConstMetric(descXDSClient, prometheus.CounterValue, float64(ts.NACKs), short, "nack")
+		}
+	}
+	if s.xdsSrv != nil {
+		st := s.xdsSrv.Stats()
+		ch <- prometheus.MustNewConstMetric(descXDSServer, prometheus.CounterValue, float64(st.Requests), "request")
+		ch <- prometheus.MustNewConstMetric(descXDSServer, prometheus.CounterValue, float64(st.ACKs), "ack")
+		ch <- prometheus.MustNewConstMetric(descXDSServer, prometheus.CounterValue, float64(st.NACKs), "nack")
+		ch <- prometheus.MustNewConstMetric(descXDSStreams, prometheus.GaugeValue, float64(st.Streams))
+	}
+	if s.tp != nil {
+		exported, dropped := s.tp.Stats()
+		ch <- prometheus.MustNewConstMetric(descSpans, prometheus.CounterValue, float64(exported), "exported")
+		ch <- prometheus.MustNewConstMetric(descSpans, prometheus.CounterValue, float64(dropped), "dropped")
+	}
 }

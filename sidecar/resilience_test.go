@@ -83,15 +83,20 @@ upstreams:
 	}
 	ejectedAt := time.Now()
 	hits := bad.hits.Load()
-	// While ejected (1.5 s), no traffic reaches it.
-	for time.Since(ejectedAt) < time.Second {
+	// While it is ejected, no traffic reaches it: every request that both
+	// starts and ends with the endpoint reported ejected goes elsewhere.
+	during := 0
+	for ; during < 20; during++ {
 		resp, _ := get(t, c, url)
-		if resp.StatusCode != 200 {
-			t.Fatalf("status %d while the failing endpoint is ejected", resp.StatusCode)
+		if endpointHealth(t, s, bad.addr).Health != "ejected" {
+			break // the ejection ended during this request
+		}
+		if resp.StatusCode != 200 || bad.hits.Load() != hits {
+			t.Fatalf("status %d, %d requests to the ejected endpoint", resp.StatusCode, bad.hits.Load()-hits)
 		}
 	}
-	if bad.hits.Load() != hits {
-		t.Fatalf("ejected endpoint got %d requests", bad.hits.Load()-hits)
+	if during == 0 {
+		t.Fatal("the ejection ended before any request could test it")
 	}
 	// After the ejection time, it is back.
 	eventually(t, 10*time.Second, "un-ejection", func() bool { return endpointHealth(t, s, bad.addr).Health == "healthy" })
@@ -376,7 +381,8 @@ upstreams:
 }
 
 // The pick plus the resilience wrappers on the request path: breaker in,
-// pick, outlier record, breaker out. No allocation, no mutex.
+// pick, then Done: outlier record, metrics, breaker out. No allocation, no
+// mutex.
 func BenchmarkPickWithWrappers(b *testing.B) {
 	be := benchBackend(b)
 	s, _ := startSidecar(b, oneUpstream, endpointsYAML("api", be.addr, 1, "127.0.0.1:1", 2, "127.0.0.1:2", 3))
@@ -386,18 +392,11 @@ func BenchmarkPickWithWrappers(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		info := &balancer.PickInfo{}
 		for pb.Next() {
-			br := c.breaker()
-			if err := br.AcquireRequest(); err != nil {
-				b.Fatal(err)
-			}
-			h, _, err := c.pick(info, nil)
+			p, err := c.guarded().pick(info, nil, false)
 			if err != nil {
 				b.Fatal(err)
 			}
-			h.Active.Add(1)
-			h.outlier().Record(outlier.Status(200))
-			h.Active.Add(-1)
-			br.ReleaseRequest()
+			p.Done(DoneInfo{Status: 200, Outlier: outlier.Status(200), Latency: time.Millisecond})
 		}
 	})
 }
@@ -408,11 +407,11 @@ func TestPickWithWrappersAllocs(t *testing.T) {
 	c := s.Cluster("api")
 	info := &balancer.PickInfo{}
 	n := testing.AllocsPerRun(1000, func() {
-		br := c.breaker()
-		_ = br.AcquireRequest()
-		h, _, _ := c.pick(info, nil)
-		h.outlier().Record(outlier.Status(503))
-		br.ReleaseRequest()
+		p, err := c.guarded().pick(info, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Done(DoneInfo{Status: 503, Outlier: outlier.Status(503), Latency: time.Millisecond})
 	})
 	if n != 0 {
 		t.Fatalf("pick with wrappers allocates %v per op", n)

@@ -2,13 +2,11 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,7 +15,6 @@ import (
 	"github.com/sidemesh/sidemesh/discovery/consul"
 	"github.com/sidemesh/sidemesh/discovery/file"
 	"github.com/sidemesh/sidemesh/tracing"
-	"github.com/sidemesh/sidemesh/upstream"
 	"github.com/sidemesh/sidemesh/xds"
 )
 
@@ -29,26 +26,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Source overrides the configured discovery source (tests, demo).
 	Source discovery.Source
-	// Engine overrides the HTTP proxy engine (default: ReverseProxyEngine).
-	Engine Engine
 }
-
-// Engine is the seam between balancing and HTTP mechanism: it turns a
-// cluster into the handler that serves the cluster's HTTP listeners. The
-// engine sees the cluster only through its request-path methods (pick,
-// breaker, outlier feedback), so a leaner HTTP/1 codec can replace the
-// standard-library one without touching balancing or discovery.
-type Engine interface {
-	HTTPHandler(c *Cluster) http.Handler
-}
-
-// ReverseProxyEngine is the default engine: net/http/httputil.ReverseProxy
-// (Rewrite hook, pooled buffers) over a tuned, pooled transport per cluster
-// whose RoundTrip does the picking, retries and accounting.
-type ReverseProxyEngine struct{}
-
-// HTTPHandler implements Engine.
-func (ReverseProxyEngine) HTTPHandler(c *Cluster) http.Handler { return newUpstreamHandler(c) }
 
 // Sidecar is one running data plane.
 type Sidecar struct {
@@ -61,7 +39,6 @@ type Sidecar struct {
 	byName   map[string]*Cluster
 	inbound  *Cluster
 	tp       *tracing.Provider
-	engine   Engine
 
 	hmu           sync.Mutex
 	tcpClosed     bool // Shutdown closed the TCP proxies; later ones start closed
@@ -95,11 +72,6 @@ type Sidecar struct {
 	closers    []func()
 }
 
-type namedListener struct {
-	name string
-	ln   net.Listener
-}
-
 // New builds a sidecar from a validated config. Nothing is bound yet.
 func New(cfg *Config, opts Options) (*Sidecar, error) {
 	log := opts.Logger
@@ -108,10 +80,6 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: log, m: newMetrics(), byName: map[string]*Cluster{}, quit: make(chan struct{}),
 		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
-	s.engine = opts.Engine
-	if s.engine == nil {
-		s.engine = ReverseProxyEngine{}
-	}
 	s.src = opts.Source
 	if s.src == nil {
 		src, err := s.newSource()
@@ -125,13 +93,13 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	}
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
-		c := newCluster(u, s.m, s.tp, log.With("component", "cluster"))
+		c := newCluster(u, s.m, s.tp, log)
 		s.clusters = append(s.clusters, c)
 		s.byName[u.Service] = c
 	}
 	s.m.Registry.MustRegister(stateCollector{s})
 	if sv := cfg.Service; sv != nil && sv.Inbound != "" {
-		s.inbound = newInboundCluster(sv, s.m, s.tp, log.With("component", "inbound"))
+		s.inbound = newInboundCluster(sv, s.m, s.tp, log)
 	}
 	if s.consul != nil && cfg.Service != nil {
 		addr, err := registeredAddress(cfg)
@@ -160,7 +128,7 @@ func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source,
 		src, err := file.New(d.File, file.Options{Logger: log})
 		return src, nil, err
 	case d.Consul != nil:
-		src, err := consul.New(*d.Consul, consul.Options{Logger: log.With("component", "discovery.consul")})
+		src, err := consul.New(*d.Consul, consul.Options{Logger: log})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -168,34 +136,6 @@ func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source,
 	}
 	return nil, nil, nil
 }
-
-// newInboundCluster is a one-endpoint cluster for the local app. With
-// service.health_check the sidecar checks the app itself (the app listens
-// on loopback, where no Consul agent or kubelet on another host reaches it)
-// and /ready reflects the verdict; requests still reach the app while it
-// fails (panic threshold 100: a one-host cluster always routes).
-func newInboundCluster(sv *Service, m *Metrics, tp *tracing.Provider, log *slog.Logger) *Cluster {
-	u := &Upstream{Service: "inbound|" + sv.Name, Listen: sv.Inbound, Protocol: sv.Protocol, Settings: upstream.Settings{Timeout: &sv.Timeout}}
-	if sv.HealthCheck != nil {
-		hc := *sv.HealthCheck
-		u.HealthCheck = &hc
-	}
-	u.SetDefaults()
-	pct := 0.0
-	if u.HealthCheck != nil {
-		pct = 100
-	}
-	u.HealthyPanicThreshold = &pct
-	u.noOutlier = true
-	c := newCluster(u, m, tp, log)
-	c.hadTraffic.Store(true) // check the local app at interval, never at no_traffic_interval
-	snap, _ := discovery.NewSnapshot(u.Service, 1, []discovery.Endpoint{{Address: appAddr(sv), Weight: 1}})
-	c.onUpdate(snap)
-	return c
-}
-
-// appAddr is where the local app listens.
-func appAddr(sv *Service) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(sv.Port)) }
 
 // Start binds every listener (failing fast, before serving anything) and
 // starts serving and watching.
@@ -237,15 +177,22 @@ func (s *Sidecar) Start() error {
 			return fmt.Errorf("transparent.listen %s: %w", t.Listen, err)
 		}
 	}
-	if err := s.startExtras(); err != nil {
+	if err := s.startXDSServer(); err != nil {
+		s.closeListeners()
+		return err
+	}
+	if err := s.startRegistration(); err != nil {
+		s.stopXDSServer()
 		s.closeListeners()
 		return err
 	}
 	// Serve.
-	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.With("component", "admin").Handler(), slog.LevelWarn)}
 	s.goServe(func() error { return s.admin.Serve(s.adminLn) })
 	if s.probeLn != nil {
-		s.probe = &http.Server{Handler: s.probeHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.probe = &http.Server{Handler: s.probeHandler(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(s.log.With("component", "probe").Handler(), slog.LevelWarn)}
 		s.goServe(func() error { return s.probe.Serve(s.probeLn) })
 	}
 	s.watchClusterSettings()
@@ -267,73 +214,6 @@ func (s *Sidecar) Start() error {
 	s.bound.Store(true)
 	s.log.Info("sidecar started", "admin", s.adminLn.Addr().String(), "upstreams", len(s.clusters))
 	return nil
-}
-
-// tcpFor returns the cluster's TCP proxy, made once.
-func (s *Sidecar) tcpFor(c *Cluster) *tcpProxy {
-	s.hmu.Lock()
-	defer s.hmu.Unlock()
-	if p, ok := s.tcpByCluster[c]; ok {
-		return p
-	}
-	p := newTCPProxy(c, s.log.With("upstream", c.Name))
-	p.closed = s.tcpClosed // made by a late transparent connection during Shutdown
-	s.tcp = append(s.tcp, p)
-	s.tcpByCluster[c] = p
-	return p
-}
-
-// handlerFor returns the cluster's HTTP handler, made once (one transport
-// and pool per cluster, shared by its listener and the transparent one).
-func (s *Sidecar) handlerFor(c *Cluster) http.Handler {
-	s.hmu.Lock()
-	defer s.hmu.Unlock()
-	if h, ok := s.httpByCluster[c]; ok {
-		return h
-	}
-	h := s.wrapHandler(c, s.engine.HTTPHandler(c))
-	s.httpByCluster[c] = h
-	return h
-}
-
-func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *http.Server {
-	if c.cfg.Protocol == "tcp" {
-		p := s.tcpFor(c)
-		s.goServe(func() error { return p.serve(ln) })
-		return nil
-	}
-	srv := newHTTPServer(s.handlerFor(c))
-	s.servers = append(s.servers, srv)
-	s.goServe(func() error { return srv.Serve(ln) })
-	return srv
-}
-
-func (s *Sidecar) goServe(f func() error) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("listener stopped", "err", err)
-		}
-	}()
-}
-
-func (s *Sidecar) closeListeners() {
-	if s.adminLn != nil {
-		s.adminLn.Close()
-	}
-	if s.probeLn != nil {
-		s.probeLn.Close()
-	}
-	for _, nl := range s.outbound {
-		nl.ln.Close()
-	}
-	if s.inboundLn != nil {
-		s.inboundLn.Close()
-	}
-	if s.transLn != nil {
-		s.transLn.Close()
-	}
 }
 
 // Ready reports what /ready reports.
@@ -439,7 +319,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		s.draining.Store(true)
 		s.log.Info("draining", "timeout", s.cfg.Drain.Timeout)
-		s.stopExtrasEarly()
+		s.stopRegistration() // first: other sidecars stop sending here while we drain
 		if s.inboundSrv != nil {
 			_ = s.inboundSrv.Shutdown(ctx)
 		} else if s.inboundLn != nil {
@@ -492,7 +372,8 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		if s.inbound != nil {
 			s.inbound.close()
 		}
-		s.stopExtras()
+		s.stopXDSServer()
+		s.shutdownTracing()
 		if s.ownSrc && s.src != nil {
 			_ = s.src.Close()
 		}

@@ -6,12 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
-	"github.com/sidemesh/sidemesh/sidecar/outlier"
 	"github.com/sidemesh/sidemesh/tracing"
 )
 
@@ -19,10 +20,11 @@ import (
 // passing half-closes through. io.Copy between *net.TCPConn uses splice(2)
 // on Linux, so the bytes never enter user space.
 type tcpProxy struct {
-	c   *Cluster
-	log *slog.Logger
-	d   net.Dialer
-	wg  sync.WaitGroup
+	c           *Cluster
+	log         *slog.Logger
+	retries     int           // connect failures retried on other endpoints
+	idleTimeout time.Duration // tcp_idle_timeout (0: none)
+	handlers    connGroup     // one per connection its listener accepted
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -30,29 +32,13 @@ type tcpProxy struct {
 }
 
 func newTCPProxy(c *Cluster, log *slog.Logger) *tcpProxy {
-	return &tcpProxy{c: c, log: log, d: net.Dialer{Timeout: c.cfg.ConnectTimeout, KeepAlive: 30 * time.Second},
+	rp := newRetryPolicy(*c.cfg.RetryPolicy)
+	return &tcpProxy{c: c, log: log, retries: rp.connectRetries(), idleTimeout: *c.cfg.TCPIdleTimeout,
 		conns: map[net.Conn]struct{}{}}
 }
 
 func (p *tcpProxy) serve(ln net.Listener) error {
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.handle(conn)
-		}()
-	}
+	return serveConns(ln, p.log, &p.handlers, p.handle)
 }
 
 func (p *tcpProxy) track(c net.Conn, on bool) {
@@ -78,51 +64,39 @@ func (p *tcpProxy) closeAll() {
 		_ = c.Close()
 	}
 	p.mu.Unlock()
-	p.wg.Wait()
+	p.handlers.closeAndWait()
 }
 
 // dialUpstream picks and connects, retrying connect failures on other
-// endpoints (num_retries of the retry policy). It returns the host too.
-func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*tcpUpstream, *Host, error) {
+// endpoints (num_retries of the retry policy, when retry_on covers connect
+// failures). Each attempt takes its max_connections slot before the pick
+// (Envoy's tcp_proxy refuses at once when the limit is reached). On
+// success the returned pick is the relay's attempt, to be ended with Done.
+func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*upstreamConn, picked, error) {
 	c := p.c
 	var prev *Host
 	var lastErr error
-	retries := 0
-	if parseRetryOn(c.cfg.RetryPolicy.RetryOn)&(roConnectFailure|ro5xx|roGatewayError) != 0 {
-		retries = *c.cfg.RetryPolicy.NumRetries // TCP can only retry connect failures
-	}
-	for attempt := 0; attempt <= retries; attempt++ {
-		h, _, err := c.pick(info, prev)
-		if err != nil {
-			c.cm.noHealthy.Inc()
-			return nil, nil, err
-		}
-		prev = h
+	for attempt := 0; attempt <= p.retries; attempt++ {
 		br := c.breaker()
-		if err := br.TryAcquireConn(); err != nil {
-			c.noteOverflow(err)
-			return nil, h, err
+		if err := c.acquireConn(ctx, br, dialTCP); err != nil {
+			return nil, picked{Host: prev}, err
 		}
-		h.RqTotal.Add(1)
-		d := p.d
-		d.Timeout = c.connectTimeout()
-		conn, err := d.DialContext(ctx, "tcp", h.Addr)
+		pk, err := c.pick(info, prev)
 		if err != nil {
 			br.ReleaseConn()
-			h.RqError.Add(1)
-			h.m.class[0].Inc()
-			if od := h.outlier(); od != nil {
-				od.Record(outlier.ConnectFailed)
-			}
+			c.cm.noHealthy.Inc()
+			return nil, picked{Host: prev}, err
+		}
+		prev = pk.Host
+		conn, err := c.connect(ctx, br, pk.Host.Addr, dialTCP)
+		if err != nil {
+			pk.Done(DoneInfo{Fail: failConnect})
 			lastErr = err
 			continue
 		}
-		if od := h.outlier(); od != nil {
-			od.Record(outlier.ConnectSuccessFinal)
-		}
-		return &tcpUpstream{TCPConn: conn.(*net.TCPConn), br: br}, h, nil
+		return conn, pk, nil
 	}
-	return nil, prev, lastErr
+	return nil, picked{Host: prev}, lastErr
 }
 
 func (p *tcpProxy) handle(down net.Conn) {
@@ -141,31 +115,25 @@ func (p *tcpProxy) handle(down net.Conn) {
 	}
 	ctx := context.Background()
 	_, span := c.tp.StartTCP(ctx, tracing.Upstream{Service: c.Name, LBPolicy: c.policyName()})
-	up, h, err := p.dialUpstream(ctx, info)
+	up, pk, err := p.dialUpstream(ctx, info)
 	if err != nil {
-		p.log.Debug("tcp: no upstream connection", "err", err)
-		if h != nil {
-			tracing.SetEndpoint(span, h.Addr)
+		if p.log.Enabled(ctx, slog.LevelDebug) {
+			p.log.Debug("tcp: no upstream connection", "err", err)
+		}
+		if pk.Host != nil {
+			tracing.SetEndpoint(span, pk.Host.Addr)
 		}
 		tracing.EndTCP(span, 0, 0, tcpOutcome(err))
 		return // close: the contract's answer for TCP
 	}
-	tracing.SetEndpoint(span, h.Addr)
-	h.Active.Add(1)
-	h.CxActive.Add(1)
-	c.cm.cxActive.Inc()
-	defer func() {
-		h.Active.Add(-1)
-		h.CxActive.Add(-1)
-		c.cm.cxActive.Dec()
-	}()
+	tracing.SetEndpoint(span, pk.Host.Addr)
 	p.track(up, true)
 	defer p.track(up, false)
 	defer up.Close()
-	sent, recv := relay(down, up)
+	sent, recv := relay(down, up, p.idleTimeout)
 	c.m.tcpBytes.WithLabelValues(c.Name, "sent").Add(float64(sent))
 	c.m.tcpBytes.WithLabelValues(c.Name, "received").Add(float64(recv))
-	h.m.class[2].Inc()
+	pk.Done(DoneInfo{Status: http.StatusOK}) // a relayed connection counts as 2xx
 	tracing.EndTCP(span, sent, recv, tracing.OutcomeOK)
 }
 
@@ -179,33 +147,116 @@ func tcpOutcome(err error) tracing.Outcome {
 	return tracing.OutcomeConnectFailure
 }
 
-// tcpUpstream keeps the *net.TCPConn visible to io.Copy (for splice) and
-// remembers which breaker holds its connection slot.
-type tcpUpstream struct {
-	*net.TCPConn
-	br   *breaker.Breaker
-	once sync.Once
-}
-
-func (u *tcpUpstream) Close() error {
-	u.once.Do(u.br.ReleaseConn)
-	return u.TCPConn.Close()
-}
-
-// relay copies both ways; when one side finishes sending, the other side's
-// write half is closed (half-close), and relay returns when both are done.
-func relay(down net.Conn, up *tcpUpstream) (sent, recv int64) {
+// relay copies both ways until both are done; when one side finishes
+// sending, the other side's write half is closed (half-close). With idle
+// set, the pair is closed once no byte has moved either way for idle
+// (Envoy's tcp_proxy idle_timeout). The copies stay splice(2) between the
+// sockets: progress is seen through read deadlines, so a quiet pair is
+// closed between idle and twice idle after its last byte.
+func relay(down net.Conn, up *upstreamConn, idle time.Duration) (sent, recv int64) {
+	upc := up.NetConn() // the socket itself: io.Copy splices between *net.TCPConn
+	r := &relayPair{idle: idle, src: [2]net.Conn{down, upc}}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		recv, _ = io.Copy(down, up.TCPConn)
+		recv = r.copy(1, down, upc)
 		closeWrite(down)
 	}()
-	sent, _ = io.Copy(up.TCPConn, down)
-	closeWrite(up.TCPConn)
+	sent = r.copy(0, upc, down)
+	closeWrite(upc)
 	wg.Wait()
 	return sent, recv
+}
+
+// relayPair is the idle bookkeeping of one relayed connection pair.
+// Direction 0 reads src[0] (downstream), direction 1 reads src[1].
+//
+// A direction sees its own progress only when its copy returns (a splice
+// moves bytes unseen), so each copy runs under a read deadline and returns
+// at least once per idle period. A direction that finds itself quiet for
+// idle asks the other for a fresh report by moving its deadline to now;
+// the other, answering while quiet for idle too, closes the pair.
+type relayPair struct {
+	idle time.Duration
+	src  [2]net.Conn
+
+	mu     sync.Mutex
+	quiet  [2]time.Time // start of a direction's run without bytes, as of its last report (zero: it moved bytes)
+	poked  [2]bool      // the other direction asked for a report
+	done   [2]bool      // the direction finished (EOF or error): quiet from then on
+	closed bool
+}
+
+// copy runs direction i until its source ends, returning the bytes moved.
+func (r *relayPair) copy(i int, dst, src net.Conn) int64 {
+	if r.idle <= 0 {
+		n, _ := io.Copy(dst, src)
+		return n
+	}
+	var total int64
+	start := time.Now()
+	_ = src.SetReadDeadline(start.Add(r.idle))
+	for {
+		n, err := io.Copy(dst, src)
+		total += n
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			r.finish(i)
+			return total
+		}
+		if r.report(i, n > 0, start) {
+			return total
+		}
+		start = time.Now()
+	}
+}
+
+// report runs when direction i's copy returned on its read deadline,
+// having moved bytes (moved) since segStart. It closes the pair when both
+// directions are known quiet for idle, and re-arms i's deadline otherwise.
+// It reports whether the pair is closed.
+func (r *relayPair) report(i int, moved bool, segStart time.Time) bool {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return true
+	}
+	o := 1 - i
+	poked := r.poked[i]
+	r.poked[i] = false
+	if moved {
+		r.quiet[i] = time.Time{}
+		_ = r.src[i].SetReadDeadline(now.Add(r.idle))
+		return false
+	}
+	if r.quiet[i].IsZero() {
+		r.quiet[i] = segStart
+	}
+	if now.Sub(r.quiet[i]) < r.idle {
+		_ = r.src[i].SetReadDeadline(r.quiet[i].Add(r.idle))
+		return false
+	}
+	// Quiet for idle. The other direction's state is current if it is
+	// done, or if it asked for this report while quiet for idle itself
+	// (and has not moved bytes since).
+	if r.done[o] || poked && !r.quiet[o].IsZero() && now.Sub(r.quiet[o]) >= r.idle {
+		r.closed = true
+		_ = r.src[0].Close()
+		_ = r.src[1].Close()
+		return true
+	}
+	r.poked[o] = true
+	_ = r.src[o].SetReadDeadline(now) // ask for a report now
+	_ = r.src[i].SetReadDeadline(now.Add(r.idle))
+	return false
+}
+
+// finish marks direction i done: it counts as quiet from now on.
+func (r *relayPair) finish(i int) {
+	r.mu.Lock()
+	r.done[i] = true
+	r.mu.Unlock()
 }
 
 func closeWrite(c net.Conn) {

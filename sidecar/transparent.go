@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,14 +32,15 @@ type transparentListener struct {
 	ln     net.Listener
 	httpLn *connQueue
 	srv    *http.Server
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the HTTP server
+	conns  connGroup      // one per accepted connection, until routed
 }
 
 const sniffTimeout = time.Second
 
 func newTransparent(s *Sidecar, ln net.Listener) *transparentListener {
 	t := &transparentListener{s: s, log: s.log.With("component", "transparent"), ln: ln, httpLn: newConnQueue(ln.Addr())}
-	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP))
+	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP), t.log)
 	t.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if pc, ok := c.(*peekedConn); ok {
 			return context.WithValue(ctx, connKey{}, pc)
@@ -56,26 +56,14 @@ func (t *transparentListener) serve() error {
 		defer t.wg.Done()
 		_ = t.srv.Serve(t.httpLn)
 	}()
-	for {
-		conn, err := t.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			continue
-		}
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			t.route(conn)
-		}()
-	}
+	return serveConns(t.ln, t.log, &t.conns, t.route)
 }
 
 func (t *transparentListener) close() {
 	t.ln.Close()
 	t.httpLn.Close()
 	_ = t.srv.Close()
+	t.conns.closeAndWait()
 	t.wg.Wait()
 }
 
@@ -106,7 +94,9 @@ func (t *transparentListener) route(conn net.Conn) {
 		return
 	}
 	if owner == nil {
-		t.log.Debug("transparent: no upstream for destination; closing", "dst", dst)
+		if t.log.Enabled(context.Background(), slog.LevelDebug) {
+			t.log.Debug("no upstream for destination; closing", "dst", dst)
+		}
 		conn.Close()
 		return
 	}
@@ -148,10 +138,7 @@ func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) 
 		c = t.s.byName[name] // called by name: an unknown name is a 404
 	}
 	if c == nil || c.cfg.Protocol == "tcp" {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Header().Set("x-sidemesh-local-reply", "true")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte("unknown upstream " + r.Host + "\n"))
+		writeLocalReply(w, r, &upstreamError{kind: failUnknown, host: r.Host, err: ErrUnknownUpstream})
 		return
 	}
 	t.s.handlerFor(c).ServeHTTP(w, r)

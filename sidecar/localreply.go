@@ -11,6 +11,12 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
 )
 
+// Errors the request path answers with (mapped to responses by localReply).
+var (
+	ErrNoHealthyUpstream = errors.New("sidecar: no healthy upstream")
+	ErrUnknownUpstream   = errors.New("sidecar: unknown upstream")
+)
+
 // failKind classifies why an attempt produced no response.
 type failKind uint8
 
@@ -23,6 +29,7 @@ const (
 	failOverflow  // circuit breaker
 	failNoHealthy // no eligible endpoint
 	failCanceled  // the client went away
+	failUnknown   // no upstream by that name or destination (transparent listener)
 )
 
 // upstreamError is what the cluster transport returns when it has no
@@ -58,6 +65,8 @@ func (k failKind) String() string {
 		return "no healthy upstream"
 	case failCanceled:
 		return "downstream canceled"
+	case failUnknown:
+		return "unknown upstream"
 	}
 	return "ok"
 }
@@ -83,8 +92,10 @@ func classify(err error, ctx context.Context) failKind {
 	return failReset
 }
 
-// writeLocalReply is the one place that maps sidecar errors to HTTP answers
-// (DESIGN.md "Responses the sidecar itself makes").
+// writeLocalReply is the one place that maps sidecar errors to the HTTP
+// answers the sidecar makes itself (the README lists them):
+// every one carries x-sidemesh-local-reply: true, and a breaker overflow
+// x-sidemesh-overloaded: true as well.
 func writeLocalReply(w http.ResponseWriter, r *http.Request, err error) {
 	code, body := localReply(err)
 	if code == 0 {
@@ -100,6 +111,7 @@ func writeLocalReply(w http.ResponseWriter, r *http.Request, err error) {
 	_, _ = w.Write([]byte(body))
 }
 
+// localReply is the status and body for err; status 0 means no answer.
 func localReply(err error) (int, string) {
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
@@ -117,6 +129,8 @@ func localReply(err error) (int, string) {
 	switch ue.kind {
 	case failNoHealthy:
 		return http.StatusServiceUnavailable, "no healthy upstream"
+	case failUnknown:
+		return http.StatusNotFound, "unknown upstream " + ue.host + "\n"
 	case failOverflow:
 		var ov breaker.Overflow
 		if errors.As(ue.err, &ov) {

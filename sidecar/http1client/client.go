@@ -1,4 +1,4 @@
-package sidecar
+package http1client
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-// leanH1 is a lean HTTP/1.1 upstream client: one pooled connection per
+// Transport is a lean HTTP/1.1 upstream client: one pooled connection per
 // request, the request written and the response read on the caller's
 // goroutine. net/http's Transport hands each request to two goroutines per
 // connection (writeLoop, readLoop) and peeks the connection after every
@@ -30,33 +30,33 @@ import (
 // that still meets a closing connection is retried once on a fresh one under
 // net/http's rules). Upgrades, Expect: 100-continue and bodies that cannot be
 // replayed go to the fallback (net/http) transport.
-type leanH1 struct {
-	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
+type Transport struct {
+	dial           DialFunc
 	maxIdle        int
 	idleTimeout    time.Duration
 	maxHeaderBytes int64 // response head bound (net/http's MaxResponseHeaderBytes default)
 	fallback       http.RoundTripper
 
 	mu   sync.Mutex
-	idle map[string][]*h1Conn
+	idle map[string][]*pconn
 }
 
-type h1Conn struct {
+type pconn struct {
 	conn      net.Conn
 	raw       syscall.RawConn // for the liveness check before reuse (nil: none)
-	br        *bufio.Reader   // reads through the h1Conn (its readLimit)
-	bw        *bufio.Writer   // writes through the h1Conn (its nwrite)
+	br        *bufio.Reader   // reads through the pconn (its readLimit)
+	bw        *bufio.Writer   // writes through the pconn (its nwrite)
 	addr      string
-	idleAt    time.Time   // guarded by leanH1.mu while pooled
+	idleAt    time.Time   // guarded by Transport.mu while pooled
 	idleTimer *time.Timer // closes the connection once idle too long
 	readLimit int64       // bytes reads may still take (bounds the response head)
 	nwrite    int64       // bytes written to the connection
 }
 
 // Read bounds what a response head may take, as net/http's persistConn does.
-func (pc *h1Conn) Read(p []byte) (int, error) {
+func (pc *pconn) Read(p []byte) (int, error) {
 	if pc.readLimit <= 0 {
-		return 0, errH1HeaderTooBig
+		return 0, errHeaderTooBig
 	}
 	if int64(len(p)) > pc.readLimit {
 		p = p[:pc.readLimit]
@@ -68,24 +68,32 @@ func (pc *h1Conn) Read(p []byte) (int, error) {
 
 // Write counts what reached the connection: a request of which nothing was
 // written can be retried whatever its method.
-func (pc *h1Conn) Write(p []byte) (int, error) {
+func (pc *pconn) Write(p []byte) (int, error) {
 	n, err := pc.conn.Write(p)
 	pc.nwrite += int64(n)
 	return n, err
 }
 
 var (
-	errH1Stale        = errors.New("h1: reused connection closed by the server before answering")
-	errH1HeaderTooBig = errors.New("h1: response headers too large")
+	errStale        = errors.New("h1: reused connection closed by the server before answering")
+	errHeaderTooBig = errors.New("h1: response headers too large")
 )
 
-func newLeanH1(dial func(ctx context.Context, network, addr string) (net.Conn, error), maxIdle int, idleTimeout time.Duration, fallback http.RoundTripper) *leanH1 {
-	return &leanH1{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout, maxHeaderBytes: 10 << 20, fallback: fallback, idle: map[string][]*h1Conn{}}
+// DialFunc dials one upstream connection.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// New returns a Transport that dials with dial, keeps at most maxIdle idle
+// connections per address, closes a connection idle for idleTimeout (0:
+// never) and sends what it does not handle itself to fallback. A dialed
+// connection that wraps a socket can expose it with a NetConn() net.Conn
+// method, for the liveness check before reuse.
+func New(dial DialFunc, maxIdle int, idleTimeout time.Duration, fallback http.RoundTripper) *Transport {
+	return &Transport{dial: dial, maxIdle: maxIdle, idleTimeout: idleTimeout, maxHeaderBytes: 10 << 20, fallback: fallback, idle: map[string][]*pconn{}}
 }
 
 // get returns a pooled connection (reused) or, failing that or when fresh is
 // set, a new one.
-func (t *leanH1) get(ctx context.Context, addr string, fresh bool) (*h1Conn, bool, error) {
+func (t *Transport) get(ctx context.Context, addr string, fresh bool) (*pconn, bool, error) {
 	now := time.Now()
 	t.mu.Lock()
 	for !fresh {
@@ -116,12 +124,12 @@ func (t *leanH1) get(ctx context.Context, addr string, fresh bool) (*h1Conn, boo
 	if err != nil {
 		return nil, false, err
 	}
-	pc := &h1Conn{conn: c, addr: addr}
+	pc := &pconn{conn: c, addr: addr}
 	pc.br = bufio.NewReaderSize(pc, 16<<10)
 	pc.bw = bufio.NewWriterSize(pc, 16<<10)
 	nc := c
-	if cc, ok := nc.(*countedConn); ok {
-		nc = cc.Conn
+	if w, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = w.NetConn() // a wrapper (connection accounting) around the socket
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		pc.raw, _ = sc.SyscallConn()
@@ -133,7 +141,7 @@ func (t *leanH1) get(ctx context.Context, addr string, fresh bool) (*h1Conn, boo
 // neither closed it nor sent anything since the last response. Bytes that
 // arrived unasked would be read as the next request's response (a HEAD or
 // 204 answered with a body, a Content-Length shorter than the body).
-func (pc *h1Conn) usable() bool {
+func (pc *pconn) usable() bool {
 	if pc.br.Buffered() > 0 {
 		return false
 	}
@@ -143,7 +151,7 @@ func (pc *h1Conn) usable() bool {
 	return connIdleOK(pc.raw)
 }
 
-func (t *leanH1) put(pc *h1Conn) {
+func (t *Transport) put(pc *pconn) {
 	t.mu.Lock()
 	if len(t.idle[pc.addr]) < t.maxIdle {
 		pc.idleAt = time.Now()
@@ -163,7 +171,7 @@ func (t *leanH1) put(pc *h1Conn) {
 }
 
 // expire closes pc if it is still pooled and has been idle too long.
-func (t *leanH1) expire(pc *h1Conn) {
+func (t *Transport) expire(pc *pconn) {
 	t.mu.Lock()
 	list := t.idle[pc.addr]
 	for i, p := range list {
@@ -188,10 +196,10 @@ func (t *leanH1) expire(pc *h1Conn) {
 }
 
 // CloseIdleConnections closes every pooled connection.
-func (t *leanH1) CloseIdleConnections() {
+func (t *Transport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
-	t.idle = map[string][]*h1Conn{}
+	t.idle = map[string][]*pconn{}
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, pc := range list {
@@ -207,7 +215,7 @@ func (t *leanH1) CloseIdleConnections() {
 }
 
 // RoundTrip implements http.RoundTripper for one attempt.
-func (t *leanH1) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Header.Get("Upgrade") != "" || req.Header.Get("Expect") != "" || !replayable(req) {
 		// Upgrades and 100-continue need net/http's machinery; a body we
 		// could not replay must not meet a pooled connection the server
@@ -226,7 +234,7 @@ func (t *leanH1) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			return resp, nil
 		}
-		if errors.Is(err, errH1Stale) && try == 0 && replayable(req) {
+		if errors.Is(err, errStale) && try == 0 && replayable(req) {
 			if req.GetBody != nil && req.Body != nil && req.Body != http.NoBody {
 				b, gerr := req.GetBody()
 				if gerr != nil {
@@ -257,7 +265,7 @@ func idempotent(req *http.Request) bool {
 }
 
 // exchange writes req on pc and reads the response head.
-func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, reused bool) (*http.Response, error) {
+func (t *Transport) exchange(ctx context.Context, pc *pconn, req *http.Request, reused bool) (*http.Response, error) {
 	var canceled atomic.Bool
 	stop := context.AfterFunc(ctx, func() {
 		canceled.Store(true)
@@ -283,20 +291,20 @@ func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, re
 	}
 	if err := req.Write(pc.bw); err != nil {
 		if stale(err) {
-			return fail(errH1Stale)
+			return fail(errStale)
 		}
 		return fail(err)
 	}
 	if err := pc.bw.Flush(); err != nil {
 		if stale(err) {
-			return fail(errH1Stale)
+			return fail(errStale)
 		}
 		return fail(err)
 	}
 	pc.readLimit = t.maxHeaderBytes
 	if _, err := pc.br.Peek(1); err != nil {
 		if stale(err) {
-			return fail(errH1Stale)
+			return fail(errStale)
 		}
 		return fail(err)
 	}
@@ -305,8 +313,8 @@ func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, re
 	for {
 		r, err := http.ReadResponse(pc.br, req)
 		if err != nil {
-			if errors.Is(err, errH1HeaderTooBig) {
-				err = fmt.Errorf("%w (limit %d bytes)", errH1HeaderTooBig, t.maxHeaderBytes)
+			if errors.Is(err, errHeaderTooBig) {
+				err = fmt.Errorf("%w (limit %d bytes)", errHeaderTooBig, t.maxHeaderBytes)
 			}
 			return fail(err)
 		}
@@ -328,7 +336,7 @@ func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, re
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Not expected here (upgrades use the fallback); never reuse.
 		stop()
-		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, stop: stop, noReuse: true}
+		resp.Body = &respBody{rc: resp.Body, pc: pc, t: t, stop: stop, noReuse: true}
 		return resp, nil
 	}
 	reuse := !resp.Close && !req.Close
@@ -344,7 +352,7 @@ func (t *leanH1) exchange(ctx context.Context, pc *h1Conn, req *http.Request, re
 		}
 		return resp, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, stop: stop, noReuse: !reuse}
+	resp.Body = &respBody{rc: resp.Body, pc: pc, t: t, stop: stop, noReuse: !reuse}
 	return resp, nil
 }
 
@@ -354,11 +362,11 @@ func isStale(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// h1Body returns the connection to the pool once the body is read to the end.
-type h1Body struct {
+// respBody returns the connection to the pool once the body is read to the end.
+type respBody struct {
 	rc      io.ReadCloser
-	pc      *h1Conn
-	t       *leanH1
+	pc      *pconn
+	t       *Transport
 	stop    func() bool
 	noReuse bool
 	done    bool // EOF seen and the connection handed back (or closed)
@@ -366,7 +374,7 @@ type h1Body struct {
 	mu      sync.Mutex
 }
 
-func (b *h1Body) Read(p []byte) (int, error) {
+func (b *respBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.finish(true)
@@ -374,7 +382,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *h1Body) finish(eof bool) {
+func (b *respBody) finish(eof bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.done {
@@ -389,7 +397,7 @@ func (b *h1Body) finish(eof bool) {
 	b.pc.conn.Close()
 }
 
-func (b *h1Body) Close() error {
+func (b *respBody) Close() error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -402,4 +410,4 @@ func (b *h1Body) Close() error {
 }
 
 // Write lets ReverseProxy use a 101 response's body as the upgraded stream.
-func (b *h1Body) Write(p []byte) (int, error) { return b.pc.conn.Write(p) }
+func (b *respBody) Write(p []byte) (int, error) { return b.pc.conn.Write(p) }
