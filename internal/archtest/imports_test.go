@@ -19,9 +19,9 @@ const module = "github.com/sidemesh/sidemesh"
 
 // Patterns name packages: "std" is any standard library package, "module"
 // any package of this module, "external" any package outside the standard
-// library and this module, a path ending
-// in "/..." a package and everything below it; a path of this module is
-// written relative to the module root ("sidecar/balancer").
+// library and this module, a path ending in "/..." a package and everything
+// below it. A path of this module is written relative to the module root
+// ("sidecar/balancer").
 
 // rule is one import direction rule for the packages matching pkgs (their
 // non-test code):
