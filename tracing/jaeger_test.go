@@ -39,7 +39,7 @@ func TestExportToJaeger(t *testing.T) {
 
 			// Inbound: a request without trace context starts the trace.
 			in := httptest.NewRequest(http.MethodGet, "http://web:8080/checkout", nil)
-			in.RemoteAddr = "10.1.2.3:40000"
+			in.RemoteAddr = "198.18.2.3:40000"
 			sctx, server := p.StartServer(ctx, in)
 			toApp := in.Header.Clone()
 			p.Inject(sctx, toApp)
