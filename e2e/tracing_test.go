@@ -166,7 +166,7 @@ func tracingTraceparent(v string) (traceID, parentID, flags string, ok bool) {
 }
 
 // tracingSpans reads sidemesh_tracing_spans_total from a sidecar's /metrics.
-func tracingSpans(t *testing.T, s *Sidecar) (exported, dropped int) {
+func tracingSpans(t testing.TB, s *Sidecar) (exported, dropped int) {
 	t.Helper()
 	code, body := s.Get(t, "/metrics")
 	if code != 200 {
@@ -200,7 +200,7 @@ func tracingSpans(t *testing.T, s *Sidecar) (exported, dropped int) {
 
 // tracingWaitSpans waits until a sidecar's span counters read exactly
 // exported and dropped.
-func tracingWaitSpans(t *testing.T, s *Sidecar, name string, exported, dropped int) {
+func tracingWaitSpans(t testing.TB, s *Sidecar, name string, exported, dropped int) {
 	t.Helper()
 	testenv.Eventually(t, 30*time.Second, name+" span counters", func() error {
 		e, d := tracingSpans(t, s)
@@ -841,63 +841,62 @@ func tracingCPU(cfgPath string) (time.Duration, error) {
 	return 0, errors.New("process not found in /proc")
 }
 
-// TestTracingProxyCost measures (and logs) what tracing adds to the proxy:
-// the same sequential load through a sidecar with tracing off and through
-// one exporting every span to Jaeger. It asserts only that every request
-// succeeds and every span is exported; the figures are for the report.
-func TestTracingProxyCost(t *testing.T) {
-	if testing.Short() {
-		t.Skip("skipped in -short mode: a measurement whose figures are only logged, not asserted")
-	}
-	j := testenv.StartJaeger(t)
-	backend := startBackend(t, "be", nil)
-	eps := filepath.Join(t.TempDir(), "endpoints.yaml")
+// BenchmarkTracingProxyCost is what tracing adds to the proxy path of the
+// real binary: sequential GETs through a sidecar with tracing off, and
+// through one that samples every request and exports every span to a real
+// Jaeger. Besides ns/op (the client's view) it reports the sidecar
+// process's own CPU per request as sidecar-µs/op, read from /proc with a
+// 10 ms tick (so run it with -benchtime of a few seconds). Every request
+// must succeed and, with tracing on, every span must be exported.
+// sidecar's BenchmarkProxyTracing measures the in-process path against a
+// collector that discards spans; this one the binary and a real collector.
+func BenchmarkTracingProxyCost(b *testing.B) {
+	j := testenv.StartJaeger(b)
+	backend := startBackend(b, "be", nil)
+	eps := filepath.Join(b.TempDir(), "endpoints.yaml")
 	if err := os.WriteFile(eps, fmt.Appendf(nil, "services:\n  be:\n    - {address: %s, weight: 1}\n", backend.Addr), 0o644); err != nil {
-		t.Fatal(err)
+		b.Fatal(err)
 	}
-	type variant struct {
-		name string
-		sc   *Sidecar
-		url  string
-		lat  []time.Duration
-		cpu  time.Duration
-	}
-	var vs []*variant
-	for _, tr := range []string{"", fmt.Sprintf("tracing: {otlp_endpoint: %s, sampling_ratio: 1, %s}\n", j.OTLPGRPCAddr(), tracingBatch)} {
-		out := freeAddr(t)
-		name := "cost-off"
-		if tr != "" {
-			name = "cost-on"
-		}
-		cfg := fmt.Sprintf("node: %s\ndiscovery: {file: %s}\nupstreams:\n  - {service: be, listen: %s}\n%s", name, eps, out, tr)
-		vs = append(vs, &variant{name: name, sc: startSidecar(t, name, cfg, true), url: "http://" + out + "/"})
-	}
-	const rounds, per = 4, 500
-	for r := 0; r < rounds; r++ { // interleaved, so background load hits both alike
-		for _, v := range vs {
-			c0, err := tracingCPU(v.sc.Config)
+	for _, v := range []struct{ name, node, tracing string }{
+		{"tracing=off", "cost-off", ""},
+		{"tracing=on", "cost-on", fmt.Sprintf("tracing: {otlp_endpoint: %s, sampling_ratio: 1, %s}\n", j.OTLPGRPCAddr(), tracingBatch)},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			out := freeAddr(b)
+			cfg := fmt.Sprintf("node: %s\ndiscovery: {file: %s}\nupstreams:\n  - {service: be, listen: %s}\n%s", v.node, eps, out, v.tracing)
+			sc := startSidecar(b, v.node, cfg, true)
+			url := "http://" + out + "/"
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 10 * time.Second}
+			defer client.CloseIdleConnections()
+			get := func() {
+				resp, err := client.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatalf("GET %s: %s", url, resp.Status)
+				}
+			}
+			get() // the connection is open before the measurement
+			c0, err := tracingCPU(sc.Config)
 			if err != nil {
-				t.Fatal(err)
+				b.Fatal(err)
 			}
-			lat, failed := tracingTimedLoad(v.url, per, 1)
-			if failed != 0 {
-				t.Fatalf("%s: %d of %d requests failed", v.name, failed, per)
+			n := 0
+			for b.Loop() {
+				get()
+				n++
 			}
-			c1, err := tracingCPU(v.sc.Config)
+			c1, err := tracingCPU(sc.Config)
 			if err != nil {
-				t.Fatal(err)
+				b.Fatal(err)
 			}
-			v.lat = append(v.lat, lat...)
-			v.cpu += c1 - c0
-		}
+			b.ReportMetric(float64((c1-c0).Microseconds())/float64(n), "sidecar-µs/op")
+			if v.tracing != "" {
+				tracingWaitSpans(b, sc, v.node, n+1, 0)
+			}
+		})
 	}
-	const n = rounds * per
-	for _, v := range vs {
-		slices.Sort(v.lat)
-		t.Logf("%s: %d sequential requests: p50 %v p99 %v; sidecar CPU %v = %.0f µs/request",
-			v.name, n, tracingPct(v.lat, 0.5), tracingPct(v.lat, 0.99), v.cpu, float64(v.cpu.Microseconds())/n)
-	}
-	t.Logf("tracing on (every request sampled and exported) vs off: p50 %+v, CPU %+.0f µs/request (10 ms CPU tick; the load generator shares the 2 cores)",
-		tracingPct(vs[1].lat, 0.5)-tracingPct(vs[0].lat, 0.5), float64((vs[1].cpu-vs[0].cpu).Microseconds())/n)
-	tracingWaitSpans(t, vs[1].sc, "cost-on", n, 0)
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -26,35 +27,38 @@ import (
 // which routes by Host header or by original destination.
 func TestTransparentCaptureWithIptables(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root to create a network namespace")
+		testenv.RequireOrSkip(t, "needs root to create a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		testenv.RequireOrSkip(t, "ip (iproute2) is not installed")
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("skipped: iptables is not installed (`make test` installs it with apt-get when it can)")
+		testenv.RequireOrSkip(t, "iptables is not installed (`make test` installs it with apt-get when it can)")
 	}
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("skipped: setpriv (util-linux) is not installed")
+		testenv.RequireOrSkip(t, "setpriv (util-linux) is not installed")
 	}
 	ns := fmt.Sprintf("sidemesh-e2e-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("skipped: this machine does not allow network namespaces (ip netns add: %v: %s)", err, out)
+		testenv.RequireOrSkip(t, fmt.Sprintf("this machine does not allow network namespaces (ip netns add: %v: %s)", err, bytes.TrimSpace(out)))
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	nsRun := func(args ...string) { mustRun(t, append([]string{"ip", "netns", "exec", ns}, args...)...) }
 	nsRun("ip", "link", "set", "lo", "up")
 	// Endpoint addresses of the namespace's own (no dummy/veth module needed).
-	for _, a := range []string{"10.77.0.1/32", "10.77.0.2/32", "10.77.0.3/32"} {
+	for _, a := range []string{"198.18.77.1/32", "198.18.77.2/32", "198.18.77.3/32"} {
 		nsRun("ip", "addr", "add", a, "dev", "lo")
 	}
 
 	// Backends inside the namespace.
-	for _, b := range []struct{ name, addr string }{{"api-1", "10.77.0.1:8080"}, {"api-2", "10.77.0.2:8080"}, {"web", "10.77.0.3:8080"}} {
+	for _, b := range []struct{ name, addr string }{{"api-1", "198.18.77.1:8080"}, {"api-2", "198.18.77.2:8080"}, {"web", "198.18.77.3:8080"}} {
 		ln := nsListen(t, ns, b.addr)
 		name := b.name
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 	}
-	echoLn := nsListen(t, ns, "10.77.0.3:9000")
+	echoLn := nsListen(t, ns, "198.18.77.3:9000")
 	t.Cleanup(func() { echoLn.Close() })
 	go func() {
 		for {
@@ -73,12 +77,12 @@ func TestTransparentCaptureWithIptables(t *testing.T) {
 	ep := filepath.Join(dir, "endpoints.yaml")
 	writeWorldReadable(t, ep, `services:
   api:
-    - {address: 10.77.0.1:8080, weight: 1}
-    - {address: 10.77.0.2:8080, weight: 1}
+    - {address: 198.18.77.1:8080, weight: 1}
+    - {address: 198.18.77.2:8080, weight: 1}
   web:
-    - {address: 10.77.0.3:8080, weight: 1}
+    - {address: 198.18.77.3:8080, weight: 1}
   echo:
-    - {address: 10.77.0.3:9000, weight: 1}
+    - {address: 198.18.77.3:9000, weight: 1}
 `)
 	cfg := filepath.Join(dir, "sidemesh.yaml")
 	writeWorldReadable(t, cfg, fmt.Sprintf(`node: capture-1
@@ -125,30 +129,30 @@ upstreams:
 		return fmt.Sprintf("%d %s", resp.StatusCode, b)
 	}
 	// Before capture: straight to the backend.
-	if got := getHost("http://10.77.0.1:8080/", "web"); got != "200 api-1" {
+	if got := getHost("http://198.18.77.1:8080/", "web"); got != "200 api-1" {
 		t.Fatalf("before capture: %q", got)
 	}
 
 	nsRun(bin, "iptables", "install", "--proxy-port", "15001", "--proxy-uid", "1337")
 
 	// Host routes: the request dialled api-1 but names web.
-	if got := getHost("http://10.77.0.1:8080/", "web"); got != "200 web" {
+	if got := getHost("http://198.18.77.1:8080/", "web"); got != "200 web" {
 		t.Fatalf("captured request with Host web: %q", got)
 	}
 	// Original destination routes: balanced across the api endpoints.
 	seen := map[string]int{}
 	for i := 0; i < 20; i++ {
-		seen[getHost("http://10.77.0.1:8080/", "10.77.0.1:8080")]++
+		seen[getHost("http://198.18.77.1:8080/", "198.18.77.1:8080")]++
 	}
 	if seen["200 api-1"] == 0 || seen["200 api-2"] == 0 || len(seen) != 2 {
 		t.Fatalf("original-destination routing should balance across api: %v", seen)
 	}
 	// Unknown Host and unknown destination.
-	if got := getHost("http://10.77.0.1:8080/", "nope"); !strings.HasPrefix(got, "404 ") {
+	if got := getHost("http://198.18.77.1:8080/", "nope"); !strings.HasPrefix(got, "404 ") {
 		t.Fatalf("unknown upstream: %q", got)
 	}
 	// TCP by original destination.
-	c, err := nsDial(ns, "10.77.0.3:9000")
+	c, err := nsDial(ns, "198.18.77.3:9000")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +173,7 @@ upstreams:
 		t.Fatalf("/clusters after the TCP echo: %s", body)
 	}
 	// A destination nobody owns: accepted by the capture, then closed.
-	c, err = nsDial(ns, "10.77.0.2:7777")
+	c, err = nsDial(ns, "198.18.77.2:7777")
 	if err != nil {
 		t.Fatalf("captured connection to an unknown destination should be accepted then closed: %v", err)
 	}
@@ -181,7 +185,7 @@ upstreams:
 	c.Close()
 
 	nsRun(bin, "iptables", "remove")
-	if got := getHost("http://10.77.0.1:8080/", "web"); got != "200 api-1" {
+	if got := getHost("http://198.18.77.1:8080/", "web"); got != "200 api-1" {
 		t.Fatalf("after remove: %q", got)
 	}
 }

@@ -521,7 +521,11 @@ func TestXDSControlPlaneRestart(t *testing.T) {
 				return xdsWeightsErr(t, b, "api", xdsWeightMap(before))
 			})
 
-			// Bounded background load (≤ 20000 requests, ≤ 60 s).
+			// Background load from before the kill until the test stops
+			// it, after the restart and the catch-up were observed. The
+			// safety bound only ends a load the test forgot to stop; it is
+			// far beyond the sum of the waits below.
+			const loadBound = 5 * time.Minute
 			var sent, failed atomic.Int64
 			var lastErr atomic.Value
 			stop := make(chan struct{})
@@ -530,8 +534,8 @@ func TestXDSControlPlaneRestart(t *testing.T) {
 				defer close(done)
 				client := &http.Client{Timeout: 10 * time.Second}
 				defer client.CloseIdleConnections()
-				deadline := time.Now().Add(60 * time.Second)
-				for i := 0; i < 20000 && time.Now().Before(deadline); i++ {
+				deadline := time.Now().Add(loadBound)
+				for time.Now().Before(deadline) {
 					select {
 					case <-stop:
 						return
@@ -561,10 +565,19 @@ func TestXDSControlPlaneRestart(t *testing.T) {
 				<-done
 			}
 			defer stopLoad()
+			loadRunning := func() {
+				t.Helper()
+				select {
+				case <-done:
+					t.Fatalf("the background load ended before the test stopped it (safety bound %v)", loadBound)
+				default:
+				}
+			}
 			advance := func(what string, n int64) {
 				t.Helper()
 				from := sent.Load()
 				testenv.Eventually(t, 20*time.Second, what, func() error {
+					loadRunning()
 					if got := sent.Load() - from; got < n {
 						return fmt.Errorf("%d requests sent", got)
 					}
@@ -585,6 +598,7 @@ func TestXDSControlPlaneRestart(t *testing.T) {
 			// backoff grows meanwhile) with traffic flowing through B.
 			from := sent.Load()
 			testenv.Eventually(t, 30*time.Second, "load during a 2 s outage", func() error {
+				loadRunning()
 				if n := sent.Load() - from; n < 200 || time.Since(killed) < xdsOutage {
 					return fmt.Errorf("%d requests in %v of outage", n, time.Since(killed))
 				}
@@ -612,6 +626,7 @@ func TestXDSControlPlaneRestart(t *testing.T) {
 			t.Logf("%s: outage %v; control plane serving %v after restart; B caught up %v after restart (%v after serving)",
 				kind, outage.Round(time.Millisecond), serving.Round(time.Millisecond), caughtUp.Round(time.Millisecond), (caughtUp - serving).Round(time.Millisecond))
 			advance("load after the catch-up", 100)
+			loadRunning()
 			stopLoad()
 			if f := failed.Load(); f != 0 {
 				t.Errorf("%d of %d requests through B failed across the restart (last: %v)", f, sent.Load(), lastErr.Load())

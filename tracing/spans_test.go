@@ -79,7 +79,7 @@ func TestServerSpan(t *testing.T) {
 			name: "http 200",
 			req: func() *http.Request {
 				r := httptest.NewRequest(http.MethodPost, "http://web.local:8080/orders?id=1", nil)
-				r.RemoteAddr = "10.0.0.7:51234"
+				r.RemoteAddr = "198.18.0.7:51234"
 				r.Header.Set("User-Agent", "curl/8")
 				return r
 			},
@@ -87,7 +87,7 @@ func TestServerSpan(t *testing.T) {
 			wantAttrs: map[string]any{
 				"http.request.method": "POST", "url.path": "/orders", "url.scheme": "http",
 				"server.address": "web.local", "server.port": 8080,
-				"network.peer.address": "10.0.0.7", "network.peer.port": 51234,
+				"network.peer.address": "198.18.0.7", "network.peer.port": 51234,
 				"network.protocol.version": "1.1", "user_agent.original": "curl/8",
 				"http.response.status_code": 200, "sidemesh.outcome": "ok", "error.type": nil,
 				"http.request.method_original": nil, "rpc.system": nil,

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
@@ -15,21 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/sidemesh/sidemesh/discovery"
-	"github.com/sidemesh/sidemesh/internal/testenv"
 )
-
-// startScripted serves h on 127.0.0.1 and returns a source pointed at it.
-func startScripted(t *testing.T, h http.Handler, wait time.Duration, opts Options) *Source {
-	t.Helper()
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	src, err := New(Config{Address: srv.Listener.Addr().String(), WaitTime: wait}, opts)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { _ = src.Close() })
-	return src
-}
 
 // newInMemory returns a source whose requests h serves in memory (for
 // synctest bubbles); the caller closes it.
@@ -56,6 +41,10 @@ func addrs(s *discovery.Snapshot) []string {
 }
 
 func TestSourceIndexHandling(t *testing.T) {
+	synctest.Test(t, testSourceIndexHandling)
+}
+
+func testSourceIndexHandling(t *testing.T) {
 	a := entry("a", "127.0.0.1", 7001, 1, 1)
 	b := entry("b", "127.0.0.1", 7002, 2, 1)
 	h := newScripted(sequence(
@@ -67,16 +56,14 @@ func TestSourceIndexHandling(t *testing.T) {
 		reply{index: 20, entries: []*api.ServiceEntry{b}},    // a change
 		reply{hang: true},
 	))
-	src := startScripted(t, h, 2*time.Second, Options{MinQueryInterval: time.Millisecond})
+	src := newInMemory(t, h, 2*time.Second, Options{MinQueryInterval: time.Millisecond})
+	defer src.Close()
 	rec := &recorder{}
 	cancel := src.Watch("api", rec)
 	defer cancel()
-	testenv.Eventually(t, 5*time.Second, "7 queries", func() error {
-		if n := len(h.queries()); n < 7 {
-			return fmt.Errorf("%d queries", n)
-		}
-		return nil
-	})
+	// Six answers a millisecond apart, then the seventh query hangs.
+	time.Sleep(time.Second)
+	synctest.Wait()
 
 	var gotIndex []string
 	for _, q := range h.queries() {
@@ -117,23 +104,28 @@ func TestSourceIndexHandling(t *testing.T) {
 }
 
 func TestSourceOutageKeepsEndpoints(t *testing.T) {
+	synctest.Test(t, testSourceOutageKeepsEndpoints)
+}
+
+func testSourceOutageKeepsEndpoints(t *testing.T) {
 	a := entry("a", "127.0.0.1", 7001, 1, 1)
 	b := entry("b", "127.0.0.1", 7002, 3, 1)
 	h := newScripted(sequence(
 		reply{index: 100, entries: []*api.ServiceEntry{a, b}},
 		reply{status: http.StatusInternalServerError},
 	))
-	src := startScripted(t, h, 2*time.Second, Options{MinQueryInterval: time.Millisecond, BaseBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	src := newInMemory(t, h, 2*time.Second, Options{MinQueryInterval: time.Millisecond, BaseBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	defer src.Close()
 	rec := &recorder{}
 	defer src.Watch("api", rec)()
 
-	testenv.Eventually(t, 5*time.Second, "3 ambient errors", func() error {
-		if _, amb, _ := rec.state(); len(amb) < 3 {
-			return fmt.Errorf("%d ambient errors", len(amb))
-		}
-		return nil
-	})
+	// Retries at most MaxBackoff apart: at least 3 failures in 100ms.
+	time.Sleep(100 * time.Millisecond)
+	synctest.Wait()
 	updates, ambient, resource := rec.state()
+	if len(ambient) < 3 {
+		t.Fatalf("%d ambient errors 100ms into the outage, want at least 3", len(ambient))
+	}
 	if len(updates) != 1 || len(resource) != 0 {
 		t.Fatalf("during the outage: %d updates, resource errors %v; want the one snapshot kept", len(updates), resource)
 	}
@@ -152,12 +144,11 @@ func TestSourceOutageKeepsEndpoints(t *testing.T) {
 
 	// Consul comes back as a new agent (a lower index) where a is gone.
 	h.set(sequence(reply{index: 3, entries: []*api.ServiceEntry{b}}, reply{hang: true}))
-	testenv.Eventually(t, 5*time.Second, "the change made during the outage", func() error {
-		if got := addrs(rec.last()); !reflect.DeepEqual(got, []string{"127.0.0.1:7002/3/healthy"}) {
-			return fmt.Errorf("endpoints %v", got)
-		}
-		return nil
-	})
+	time.Sleep(100 * time.Millisecond) // past the next retry
+	synctest.Wait()
+	if got := addrs(rec.last()); !reflect.DeepEqual(got, []string{"127.0.0.1:7002/3/healthy"}) {
+		t.Fatalf("endpoints %v after Consul came back, want the change made during the outage", got)
+	}
 	qs := h.queries()
 	for i := 2; i < len(qs)-1; i++ {
 		// Query 1 blocked on index 100 and failed; every later one but the

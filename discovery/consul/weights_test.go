@@ -12,7 +12,7 @@ import (
 // entry builds a health entry; statuses are the states of its checks.
 func entry(id, addr string, port, passing, warning int, statuses ...string) *api.ServiceEntry {
 	e := &api.ServiceEntry{
-		Node:    &api.Node{Node: "n1", Address: "10.0.0.1"},
+		Node:    &api.Node{Node: "n1", Address: "198.18.0.1"},
 		Service: &api.AgentService{ID: id, Service: "api", Address: addr, Port: port, Weights: api.AgentWeights{Passing: passing, Warning: warning}},
 	}
 	for i, s := range statuses {
@@ -48,11 +48,11 @@ func TestEndpointOf(t *testing.T) {
 		{"clamped to 128", entry("a", "127.0.0.1", 7001, 1000, 1),
 			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 128}, true},
 		{"node address when the service has none", entry("a", "", 7001, 1, 1),
-			discovery.Endpoint{Address: "10.0.0.1:7001", Weight: 1}, true},
+			discovery.Endpoint{Address: "198.18.0.1:7001", Weight: 1}, true},
 		{"IPv6 service address", entry("a", "::1", 7001, 1, 1),
 			discovery.Endpoint{Address: "[::1]:7001", Weight: 1}, true},
 		{"no port: skipped", entry("a", "127.0.0.1", 0, 1, 1), discovery.Endpoint{}, false},
-		{"nil service: skipped", &api.ServiceEntry{Node: &api.Node{Address: "10.0.0.1"}}, discovery.Endpoint{}, false},
+		{"nil service: skipped", &api.ServiceEntry{Node: &api.Node{Address: "198.18.0.1"}}, discovery.Endpoint{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

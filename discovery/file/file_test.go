@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -122,51 +123,41 @@ type recorder struct {
 	updates  int
 	ambient  []error
 	resource []error
-	ch       chan struct{}
 }
 
-func newRecorder() *recorder { return &recorder{ch: make(chan struct{}, 100)} }
+func newRecorder() *recorder { return &recorder{} }
 
 func (r *recorder) OnUpdate(s *discovery.Snapshot) {
 	r.mu.Lock()
 	r.last, r.updates = s, r.updates+1
 	r.mu.Unlock()
-	r.ch <- struct{}{}
 }
 func (r *recorder) OnResourceError(err error) {
 	r.mu.Lock()
 	r.resource = append(r.resource, err)
 	r.last = nil
 	r.mu.Unlock()
-	r.ch <- struct{}{}
 }
 func (r *recorder) OnAmbientError(err error) {
 	r.mu.Lock()
 	r.ambient = append(r.ambient, err)
 	r.mu.Unlock()
-	select {
-	case r.ch <- struct{}{}:
-	default:
+}
+
+// after lets one poll interval pass (in a synctest bubble) and everything
+// the poll starts settle, then checks that cond holds.
+func (r *recorder) after(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	time.Sleep(testPollInterval)
+	synctest.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !cond() {
+		t.Fatalf("%s: not so one poll interval (%v) later", what, testPollInterval)
 	}
 }
 
-func (r *recorder) wait(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.After(5 * time.Second)
-	for {
-		r.mu.Lock()
-		ok := cond()
-		r.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-r.ch:
-		case <-deadline:
-			t.Fatal("condition not reached within 5s")
-		}
-	}
-}
+const testPollInterval = 20 * time.Millisecond
 
 func write(t *testing.T, path, s string) {
 	t.Helper()
@@ -179,73 +170,85 @@ func write(t *testing.T, path, s string) {
 	}
 }
 
+// TestWatchFollowsEdits: every edit of the file reaches the watcher at the
+// next poll (virtual time: the poller's ticker runs in a synctest bubble).
 func TestWatchFollowsEdits(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ep.yaml")
 	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 1}\n  web:\n    - {address: 127.0.0.1:8001}\n")
-	src, err := New(path, Options{PollInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	r := newRecorder()
-	cancel := src.Watch("api", r)
-	defer cancel()
-	r.wait(t, func() bool { return r.last != nil && len(r.last.Endpoints) == 1 })
-	// r.last is read under r.mu: the poller's next OnUpdate writes it, and
-	// nothing but the file orders that after this read.
-	r.mu.Lock()
-	v1 := r.last.Version
-	r.mu.Unlock()
-
-	// A weight change arrives as a new version.
-	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 5}\n  web:\n    - {address: 127.0.0.1:8001}\n")
-	var v2 uint64
-	r.wait(t, func() bool {
-		if r.last != nil && r.last.Endpoints[0].Weight == 5 {
-			v2 = r.last.Version
-			return true
+	synctest.Test(t, func(t *testing.T) {
+		src, err := New(path, Options{PollInterval: testPollInterval})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return false
+		defer src.Close()
+		r := newRecorder()
+		cancel := src.Watch("api", r)
+		defer cancel()
+		synctest.Wait()
+		r.mu.Lock()
+		if r.last == nil || len(r.last.Endpoints) != 1 {
+			t.Fatalf("first snapshot %+v, want api's one endpoint at once", r.last)
+		}
+		v1 := r.last.Version
+		r.mu.Unlock()
+
+		// A weight change arrives as a new version.
+		write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 5}\n  web:\n    - {address: 127.0.0.1:8001}\n")
+		var v2 uint64
+		r.after(t, "weight 5 seen", func() bool {
+			if r.last != nil && r.last.Endpoints[0].Weight == 5 {
+				v2 = r.last.Version
+				return true
+			}
+			return false
+		})
+		if v2 <= v1 {
+			t.Fatalf("version did not increase: %d then %d", v1, v2)
+		}
+
+		// A broken file keeps the last good endpoints and reports an ambient error with the line.
+		write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 0}\n")
+		r.after(t, "ambient error for the broken file", func() bool { return len(r.ambient) > 0 })
+		r.mu.Lock()
+		if r.last == nil || r.last.Endpoints[0].Weight != 5 {
+			t.Fatalf("last good endpoints lost: %+v", r.last)
+		}
+		if msg := r.ambient[0].Error(); !strings.Contains(msg, "ep.yaml:3") || !strings.Contains(msg, "weight 0") {
+			t.Fatalf("ambient error does not name file, line and weight: %v", msg)
+		}
+		r.mu.Unlock()
+		if src.Err() == nil {
+			t.Fatal("Err() should report the parse error")
+		}
+
+		// Fixed again, and a service removed: resource error for it.
+		write(t, path, "services:\n  web:\n    - {address: 127.0.0.1:8001}\n")
+		r.after(t, "resource error for the removed service", func() bool { return len(r.resource) > 0 })
+		if src.Err() != nil {
+			t.Fatalf("Err() = %v after a good file", src.Err())
+		}
 	})
-	if v2 <= v1 {
-		t.Fatalf("version did not increase: %d then %d", v1, v2)
-	}
-
-	// A broken file keeps the last good endpoints and reports an ambient error with the line.
-	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001, weight: 0}\n")
-	r.wait(t, func() bool { return len(r.ambient) > 0 })
-	r.mu.Lock()
-	if r.last == nil || r.last.Endpoints[0].Weight != 5 {
-		t.Fatalf("last good endpoints lost: %+v", r.last)
-	}
-	if msg := r.ambient[0].Error(); !strings.Contains(msg, "ep.yaml:3") || !strings.Contains(msg, "weight 0") {
-		t.Fatalf("ambient error does not name file, line and weight: %v", msg)
-	}
-	r.mu.Unlock()
-	if src.Err() == nil {
-		t.Fatal("Err() should report the parse error")
-	}
-
-	// Fixed again, and a service removed: resource error for it.
-	write(t, path, "services:\n  web:\n    - {address: 127.0.0.1:8001}\n")
-	r.wait(t, func() bool { return len(r.resource) > 0 })
-	if src.Err() != nil {
-		t.Fatalf("Err() = %v after a good file", src.Err())
-	}
 }
 
 func TestUnknownServiceIsResourceError(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ep.yaml")
 	write(t, path, "services:\n  api:\n    - {address: 127.0.0.1:7001}\n")
-	src, err := New(path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	r := newRecorder()
-	defer src.Watch("nope", r)()
-	r.wait(t, func() bool { return len(r.resource) == 1 && errors.Is(r.resource[0], discovery.ErrNotFound) })
+	synctest.Test(t, func(t *testing.T) {
+		src, err := New(path, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		r := newRecorder()
+		defer src.Watch("nope", r)()
+		synctest.Wait()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.resource) != 1 || !errors.Is(r.resource[0], discovery.ErrNotFound) {
+			t.Fatalf("resource errors %v, want one ErrNotFound at once", r.resource)
+		}
+	})
 }
 
 func TestNewFailsOnBadFile(t *testing.T) {

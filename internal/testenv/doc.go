@@ -4,9 +4,10 @@
 // printed when the test fails.
 //
 // The programs are built by `make tools` into bin/tools/ from the pinned
-// tools modules (tools/consul, ...). When a binary is missing the test is
-// skipped with a message that says how to build it, unless
-// SIDEMESH_REQUIRE_TOOLS=1, which turns the skip into a failure (CI).
+// tools modules (tools/consul, ...). When a binary, a privilege or a kernel
+// feature a test needs is missing, RequireOrSkip skips the test with a
+// message that says what is missing, unless SIDEMESH_REQUIRE_TOOLS is set
+// (`make test`, CI), which turns the skip into a failure.
 //
 // Everything here is for tests only: it takes a testing.TB and reports
 // problems through it. A Process, and so a Consul, may be used from several

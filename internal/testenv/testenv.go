@@ -43,9 +43,33 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
+// RequireToolsEnv names the environment variable that turns a missing tool
+// or privilege from a skip into a failure (`make test` and CI set it).
+const RequireToolsEnv = "SIDEMESH_REQUIRE_TOOLS"
+
+// ToolsRequired reports whether $SIDEMESH_REQUIRE_TOOLS is set to anything
+// but "" or "0".
+func ToolsRequired() bool {
+	v := os.Getenv(RequireToolsEnv)
+	return v != "" && v != "0"
+}
+
+// RequireOrSkip ends a test that cannot run here: reason says which tool,
+// privilege or kernel feature is missing. It skips with that reason, or
+// fails with it when ToolsRequired, so a run that requires the tools never
+// passes by skipping. Call it for missing prerequisites only, never for a
+// condition the test itself should handle.
+func RequireOrSkip(t testing.TB, reason string) {
+	t.Helper()
+	if ToolsRequired() {
+		t.Fatalf("%s (%s is set, so this is a failure, not a skip)", reason, RequireToolsEnv)
+	}
+	t.Skip("skipped: " + reason)
+}
+
 // Tool returns the path of a tool binary: $envVar when set, else
-// bin/tools/<name> under the module root. A missing binary skips the test
-// (or fails it when SIDEMESH_REQUIRE_TOOLS=1).
+// bin/tools/<name> under the module root. A missing binary goes to
+// RequireOrSkip.
 func Tool(t testing.TB, name, envVar string) string {
 	t.Helper()
 	path := os.Getenv(envVar)
@@ -53,11 +77,7 @@ func Tool(t testing.TB, name, envVar string) string {
 		path = filepath.Join(RepoRoot(t), "bin", "tools", name)
 	}
 	if fi, err := os.Stat(path); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		msg := fmt.Sprintf("testenv: %s binary not found at %s (run `make tools`, or set %s)", name, path, envVar)
-		if os.Getenv("SIDEMESH_REQUIRE_TOOLS") == "1" {
-			t.Fatal(msg + "; SIDEMESH_REQUIRE_TOOLS=1 makes this a failure")
-		}
-		t.Skip(msg)
+		RequireOrSkip(t, fmt.Sprintf("testenv: %s binary not found at %s (run `make tools`, or set %s)", name, path, envVar))
 	}
 	return path
 }

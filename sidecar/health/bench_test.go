@@ -15,7 +15,7 @@ func BenchmarkHealthy(b *testing.B) {
 	defer c.Close()
 	addrs := make([]string, 100)
 	for i := range addrs {
-		addrs[i] = fmt.Sprintf("10.0.0.%d:80", i)
+		addrs[i] = fmt.Sprintf("198.18.0.%d:80", i)
 	}
 	c.SetHosts(addrs)
 	b.ReportAllocs()

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/sidemesh/sidemesh/internal/testenv"
 )
 
 const pollDeadline = 10 * time.Second
@@ -357,11 +360,13 @@ func TestGRPCCheckTransitions(t *testing.T) {
 // same address; the checker counts the outage to unhealthy_threshold and
 // sees the server again without waiting out gRPC's reconnect backoff.
 func TestGRPCCheckServerRestart(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port below the ephemeral range: no outgoing connection or listen
+	// on port 0 can take it while the server is down.
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePorts(t, 1)[0]))
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
 	srv := grpc.NewServer()
 	healthpb.RegisterHealthServer(srv, health.NewServer()) // "" is SERVING
 	done := make(chan struct{})
@@ -397,7 +402,7 @@ func TestGRPCCheckServerRestart(t *testing.T) {
 
 	ln2, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Skipf("cannot listen again on %s (taken meanwhile?): %v", addr, err)
+		t.Fatalf("cannot listen again on %s: %v", addr, err)
 	}
 	// From here on every fresh connection succeeds. A checker that kept a
 	// ClientConn in TRANSIENT_FAILURE would instead fail fast on every

@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func addrs(n int) []string {
 	a := make([]string, n)
 	for i := range a {
-		a[i] = fmt.Sprintf("10.0.0.%d:80", i+1)
+		a[i] = fmt.Sprintf("198.18.0.%d:80", i+1)
 	}
 	return a
 }
@@ -94,7 +94,7 @@ func TestConsecutive5xxEjectsAtExactlyN(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := start(t, Config{Consecutive5xx: tt.threshold}, addrs(10))
-				x := h.host(t, "10.0.0.1:80")
+				x := h.host(t, "198.18.0.1:80")
 				for i, r := range tt.seq {
 					x.Record(r)
 					if got, want := x.Ejected(), tt.wantEjectAt >= 0 && i >= tt.wantEjectAt; got != want {
@@ -122,7 +122,7 @@ func TestConsecutiveGatewayFailure(t *testing.T) {
 			EnforcingConsecutiveGatewayFailure: new(uint32(100)),
 			Consecutive5xx:                     new(uint32(0)),
 		}, addrs(10))
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		// A 500 ends a gateway streak (but not a 5xx streak).
 		for _, r := range []Result{502, 503, 504, 502, 500, 503, 504, 502, 503} {
 			x.Record(r)
@@ -143,7 +143,7 @@ func TestConsecutiveGatewayFailure(t *testing.T) {
 func TestUnejectAfterBaseTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := start(t, Config{}, addrs(10)) // interval 10s, base 30s
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		t0 := time.Now()
 		record(x, 500, 5)
 		if !x.Ejected() {
@@ -177,7 +177,7 @@ func TestUnejectAfterBaseTime(t *testing.T) {
 func TestUnejectWaitsForTick(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := start(t, Config{}, addrs(10))
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		advance(5 * time.Second)
 		record(x, 500, 5) // ejected at 5s until 35s
 		advance(30 * time.Second)
@@ -194,7 +194,7 @@ func TestUnejectWaitsForTick(t *testing.T) {
 func TestBackoffGrowthAndDecay(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := start(t, Config{}, addrs(10)) // interval 10s, base 30s, max 300s
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		multiplier := func() uint32 { return h.d.Stats().Hosts[0].Multiplier }
 
 		record(x, 500, 5) // t=0: first ejection, 1 × 30s
@@ -247,7 +247,7 @@ func TestMaxEjectionTimeCap(t *testing.T) {
 			BaseEjectionTime: 10 * time.Second,
 			MaxEjectionTime:  25 * time.Second,
 		}, addrs(10))
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		// Multiplier grows while multiplier × base < max + base (35s):
 		// 1, 2, 3, 4, then stays 4; the time is min(10s × m, 25s).
 		want := []struct {
@@ -502,7 +502,7 @@ func TestFailurePercentage(t *testing.T) {
 func TestEnforcingZeroNeverEjects(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := start(t, Config{EnforcingConsecutive5xx: new(uint32(0))}, addrs(10))
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		record(x, 500, 100)
 		if x.Ejected() {
 			t.Fatal("ejected with enforcing_consecutive_5xx 0")
@@ -521,7 +521,7 @@ func TestEnforcingZeroNeverEjects(t *testing.T) {
 func TestEnforcingPercentage(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := start(t, Config{EnforcingConsecutive5xx: new(uint32(30))}, addrs(10))
-		x := h.host(t, "10.0.0.1:80")
+		x := h.host(t, "198.18.0.1:80")
 		const n = 2000
 		for range n {
 			record(x, 500, 5)
@@ -568,7 +568,7 @@ func TestLocalOriginSplit(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := start(t, Config{SplitExternalLocalOriginErrors: tt.split}, addrs(10))
-				x := h.host(t, "10.0.0.1:80")
+				x := h.host(t, "198.18.0.1:80")
 				for _, r := range tt.seq {
 					x.Record(r)
 				}
@@ -630,7 +630,7 @@ func TestUnejectByHealthCheck(t *testing.T) {
 		t.Run(fmt.Sprint("successful_active_health_check_uneject_host=", enabled), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				h := start(t, Config{SuccessfulActiveHealthCheckUnejectHost: new(enabled)}, addrs(10))
-				x := h.host(t, "10.0.0.1:80")
+				x := h.host(t, "198.18.0.1:80")
 				if h.d.Uneject(x.Address()) {
 					t.Fatal("Uneject of a host in service reported true")
 				}
@@ -648,7 +648,7 @@ func TestUnejectByHealthCheck(t *testing.T) {
 				if h.changes.Load() != want {
 					t.Errorf("OnChange calls = %d, want %d", h.changes.Load(), want)
 				}
-				if h.d.Uneject("10.9.9.9:80") {
+				if h.d.Uneject("198.18.9.9:80") {
 					t.Error("Uneject of an unknown address reported true")
 				}
 			})
@@ -760,7 +760,7 @@ func TestRecordDoesNotAllocate(t *testing.T) {
 	// Streaks disabled: this measures the path every request takes.
 	d := New(Config{Consecutive5xx: new(uint32(0)), ConsecutiveGatewayFailure: new(uint32(0))}, Options{})
 	d.SetHosts(addrs(3))
-	x := d.Host("10.0.0.1:80")
+	x := d.Host("198.18.0.1:80")
 	for _, r := range []Result{200, 500, 503, ConnectSuccess, ConnectFailed, Timeout} {
 		if n := testing.AllocsPerRun(1000, func() { x.Record(r) }); n != 0 {
 			t.Errorf("Record(%d) allocates %v times per call", r, n)
@@ -778,7 +778,7 @@ func BenchmarkRecord(b *testing.B) {
 			// lock-free path alone.
 			d := New(Config{Consecutive5xx: new(uint32(0)), ConsecutiveGatewayFailure: new(uint32(0))}, Options{})
 			d.SetHosts(addrs(1))
-			x := d.Host("10.0.0.1:80")
+			x := d.Host("198.18.0.1:80")
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -792,7 +792,7 @@ func BenchmarkRecord(b *testing.B) {
 func BenchmarkEjected(b *testing.B) {
 	d := New(Config{}, Options{})
 	d.SetHosts(addrs(1))
-	x := d.Host("10.0.0.1:80")
+	x := d.Host("198.18.0.1:80")
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
