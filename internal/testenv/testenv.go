@@ -164,6 +164,7 @@ type Process struct {
 	name string
 	path string
 	args []string
+	env  []string // added to the test's environment; nil: inherit it
 	log  string
 
 	mu   sync.Mutex
@@ -174,7 +175,14 @@ type Process struct {
 // StartProcess starts path with args. name labels the log.
 func StartProcess(t testing.TB, name, path string, args ...string) *Process {
 	t.Helper()
-	p := &Process{t: t, name: name, path: path, args: args, log: filepath.Join(t.TempDir(), name+".log")}
+	return startProcess(t, name, nil, path, args...)
+}
+
+// startProcess is StartProcess with env (KEY=VALUE) added to the child's
+// environment.
+func startProcess(t testing.TB, name string, env []string, path string, args ...string) *Process {
+	t.Helper()
+	p := &Process{t: t, name: name, path: path, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
 	t.Cleanup(func() {
 		p.Stop()
 		if t.Failed() {
@@ -203,6 +211,9 @@ func (p *Process) Start() error {
 		return err
 	}
 	cmd := exec.Command(p.path, p.args...)
+	if p.env != nil {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	setDeathSignal(cmd)
 	if err := cmd.Start(); err != nil {
