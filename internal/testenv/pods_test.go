@@ -463,12 +463,12 @@ func TestPodsConsul(t *testing.T) {
 	if err != nil || leader != pc.Addr(consulServerPort) {
 		t.Fatalf("leader seen from the test process: %q, %v; want %s", leader, err, pc.Addr(consulServerPort))
 	}
-	if got := getBody(t, app.HTTPClient(t), "http://"+c.Addr()+"/v1/status/leader"); got != strconv.Quote(pc.Addr(consulServerPort)) {
+	if got := getBody(t, app.HTTPClient(t), "http://"+c.Addr()+"/v1/status/leader"); strings.TrimSpace(got) != strconv.Quote(pc.Addr(consulServerPort)) {
 		t.Fatalf("leader seen from pod app: %s, want %q", got, pc.Addr(consulServerPort))
 	}
 	if pods.IPv6() {
 		url := "http://" + pc.Addr6(ConsulHTTPPort) + "/v1/status/leader"
-		if got := getBody(t, app.HTTPClient(t), url); got != strconv.Quote(pc.Addr(consulServerPort)) {
+		if got := getBody(t, app.HTTPClient(t), url); strings.TrimSpace(got) != strconv.Quote(pc.Addr(consulServerPort)) {
 			t.Fatalf("GET %s from pod app: %s", url, got)
 		}
 	}

@@ -143,13 +143,19 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 // Poll calls cond every 20ms until it returns nil (then Poll returns nil) or
 // timeout passes (then Poll returns cond's last error).
 func Poll(timeout time.Duration, cond func() error) error {
+	return pollUntil(context.Background(), timeout, cond)
+}
+
+// pollUntil is Poll that also gives up, with cond's last error, once ctx is
+// done.
+func pollUntil(ctx context.Context, timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
 		if err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -289,7 +295,7 @@ func (p *Process) WaitReady(timeout time.Duration, ready func() error) {
 	p.t.Helper()
 	ctx, cancel := p.exitedCtx()
 	defer cancel()
-	err := Poll(timeout, func() error {
+	err := pollUntil(ctx, timeout, func() error {
 		if ctx.Err() != nil {
 			return errExited
 		}
