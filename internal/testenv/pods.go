@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -319,6 +320,20 @@ func (p *Pod) CommandAs(ctx context.Context, uid, gid int, name string, args ...
 	cmd := exec.CommandContext(ctx, "ip", p.execArgs(uid, gid, name, args)...)
 	setDeathSignal(cmd)
 	return cmd
+}
+
+// ReadableTempDir is t.TempDir opened (0755, and its parent) to every user,
+// for files that a process running as another uid (CommandAs,
+// ProcOpts.UID) reads, such as a sidecar's config; write the files 0644.
+func ReadableTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+	}
+	return dir
 }
 
 // ProcOpts are the optional settings of a process started in a pod.

@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -232,12 +234,16 @@ func TestPodsNetwork(t *testing.T) {
 		}
 	})
 	t.Run("StartProcess with user and environment", func(t *testing.T) {
+		file := filepath.Join(ReadableTempDir(t), "config")
+		if err := os.WriteFile(file, []byte("readable"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		p := b.StartProcess(t, "env-check", ProcOpts{UID: 1337, GID: 1337, Env: []string{"POD_IP=" + b.IP.String()}},
-			"sh", "-c", `echo "$POD_IP $(id -u) $(id -g)"`)
+			"sh", "-c", `echo "$POD_IP $(id -u) $(id -g) $(cat "$0")"`, file)
 		if code, err := p.Wait(10 * time.Second); err != nil || code != 0 {
 			t.Fatalf("exit %d, %v: %s", code, err, p.Log())
 		}
-		if got, want := p.Log(), b.IP.String()+" 1337 1337\n"; got != want {
+		if got, want := p.Log(), b.IP.String()+" 1337 1337 readable\n"; got != want {
 			t.Fatalf("output %q, want %q", got, want)
 		}
 	})
@@ -580,4 +586,49 @@ func TestPodsJaeger(t *testing.T) {
 		t.Fatalf("OTLP/gRPC from pod app: %v", err)
 	}
 	conn.Close()
+}
+
+// recordTB records what podsUnavailable does to a test; Fatal and Skip end
+// the calling goroutine, as testing's do.
+type recordTB struct {
+	testing.TB
+	fatal, skip string
+}
+
+func (r *recordTB) Helper() {}
+func (r *recordTB) Fatal(args ...any) {
+	r.fatal = fmt.Sprint(args...)
+	runtime.Goexit()
+}
+func (r *recordTB) Skip(args ...any) {
+	r.skip = fmt.Sprint(args...)
+	runtime.Goexit()
+}
+
+func TestPodsUnavailableSkipsOrFails(t *testing.T) {
+	for _, tc := range []struct {
+		require   string
+		fatal     bool
+		wantInMsg string
+	}{
+		{"", false, "no namespaces: operation not permitted"},
+		{"1", true, "SIDEMESH_REQUIRE_TOOLS makes this a failure"},
+	} {
+		t.Setenv("SIDEMESH_REQUIRE_TOOLS", tc.require)
+		r := &recordTB{TB: t}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			podsUnavailable(r, "no namespaces: %v", syscall.EPERM)
+		}()
+		<-done
+		got, other := r.skip, r.fatal
+		if tc.fatal {
+			got, other = r.fatal, r.skip
+		}
+		if !strings.Contains(got, tc.wantInMsg) || !strings.Contains(got, "operation not permitted") || other != "" {
+			t.Errorf("SIDEMESH_REQUIRE_TOOLS=%q: skip %q, fatal %q; want the reason in the %s", tc.require, r.skip, r.fatal,
+				map[bool]string{true: "failure", false: "skip"}[tc.fatal])
+		}
+	}
 }
