@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -216,8 +217,8 @@ func (p *Pods) VirtualIP6(i int) netip.Addr {
 	return p.v6(podsFirstVIP + i)
 }
 
-// Pods returns the pods added so far, in order.
-func (p *Pods) Pods() []*Pod {
+// All returns the pods added so far, in order.
+func (p *Pods) All() []*Pod {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.pods)
@@ -408,7 +409,7 @@ func runIP(args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), podsCmdTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-	return bytesTrim(out), err
+	return bytes.TrimSpace(out), err
 }
 
 // runIPs runs each ip command in turn and stops at the first failure,
@@ -421,8 +422,6 @@ func runIPs(cmds ...[]string) error {
 	}
 	return nil
 }
-
-func bytesTrim(b []byte) []byte { return []byte(strings.TrimSpace(string(b))) }
 
 // sweepOnce limits the sweep of every stale harness to once per process;
 // claimSubnet still sweeps the index it takes.

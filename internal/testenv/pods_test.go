@@ -127,6 +127,9 @@ func TestPodsNetwork(t *testing.T) {
 			t.Errorf("pod %s: IP %s, want an address of %s (in %s) other than the host's %s", pod.Name, pod.IP, pods.Subnet, benchmarking, pods.HostIP)
 		}
 	}
+	if all := pods.All(); len(all) != 2 || all[0] != a || all[1] != b {
+		t.Errorf("All() = %v, want [a b]", all)
+	}
 	if a.IP == b.IP || a.NS == b.NS {
 		t.Fatalf("pods a and b share an address or a namespace: %+v %+v", a, b)
 	}
@@ -600,6 +603,10 @@ func (r *recordTB) Fatal(args ...any) {
 	r.fatal = fmt.Sprint(args...)
 	runtime.Goexit()
 }
+func (r *recordTB) Fatalf(format string, args ...any) {
+	r.fatal = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
 func (r *recordTB) Skip(args ...any) {
 	r.skip = fmt.Sprint(args...)
 	runtime.Goexit()
@@ -630,5 +637,33 @@ func TestPodsUnavailableSkipsOrFails(t *testing.T) {
 			t.Errorf("SIDEMESH_REQUIRE_TOOLS=%q: skip %q, fatal %q; want the reason in the %s", tc.require, r.skip, r.fatal,
 				map[bool]string{true: "failure", false: "skip"}[tc.fatal])
 		}
+	}
+}
+
+func TestPodsAddRejects(t *testing.T) {
+	pods := NewPods(t)
+	pods.Add("app")
+	r := &recordTB{TB: t}
+	pods.t = r // Add reports through the harness's test
+	for _, tc := range []struct{ name, want string }{
+		{"App", `pod name "App"`},
+		{"-x", `pod name "-x"`},
+		{"a_b", `pod name "a_b"`},
+		{strings.Repeat("a", 33), "1 to 32"},
+		{"app", `pod "app" added twice`},
+	} {
+		r.fatal = ""
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			pods.Add(tc.name)
+		}()
+		<-done
+		if !strings.Contains(r.fatal, tc.want) {
+			t.Errorf("Add(%q): failure %q, want one naming %s", tc.name, r.fatal, tc.want)
+		}
+	}
+	if n := len(pods.All()); n != 1 {
+		t.Errorf("%d pods after the rejected adds, want 1", n)
 	}
 }
