@@ -181,7 +181,7 @@ func podsUnavailable(t testing.TB, format string, args ...any) {
 
 // v4 is host number n of the harness's /24.
 func (p *Pods) v4(n int) netip.Addr {
-	i := 198<<24 | 18<<16 | p.idx<<8 | n // idx 256..511 carries into 198.19
+	i := 198<<24 + 18<<16 + p.idx<<8 + n // idx 256..511 carries into 198.19
 	return netip.AddrFrom4([4]byte{byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
 }
 
