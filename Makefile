@@ -34,7 +34,22 @@ bin/tools/.iptables:
 	  echo "note: iptables could not be installed; the transparent-capture e2e test will be skipped"
 	@touch $@
 
-tools: $(TOOLS) bin/tools/.iptables
+# iproute2 (ip) and util-linux (setpriv) for the tests that run Consul,
+# Jaeger and sidecars in pods, network namespaces on a bridge
+# (internal/testenv NewPods); without them, or without root, those tests
+# skip with the reason, or fail under SIDEMESH_REQUIRE_TOOLS as `make test`
+# sets. The stamp is written only once both are there.
+bin/tools/.netns:
+	@mkdir -p bin/tools
+	@for t in ip:iproute2 setpriv:util-linux; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q $${t#*:} >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $${t#*:} >/dev/null 2>&1; }; }; } || \
+	  echo "note: $${t%%:*} ($${t#*:}) could not be installed; the tests that need pods will fail under SIDEMESH_REQUIRE_TOOLS"; \
+	done
+	@command -v ip >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 && touch $@ || true
+
+tools: $(TOOLS) bin/tools/.iptables bin/tools/.netns
 
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './tools/*'))"; \

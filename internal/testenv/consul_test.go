@@ -51,3 +51,9 @@ func TestFreePortsDistinct(t *testing.T) {
 		seen[p] = true
 	}
 }
+
+func TestConsulWANOnLoopback(t *testing.T) {
+	c1 := StartConsul(t)
+	c2 := StartConsul(t, ConsulDatacenter("dc2"), ConsulJoinWAN(c1))
+	checkWANFederation(t, c1, c2)
+}

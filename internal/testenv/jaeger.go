@@ -38,12 +38,36 @@ func JaegerBinary(t testing.TB) string {
 // query API, every port one from FreePorts on 127.0.0.1. Nothing else is
 // opened: no Jaeger/Zipkin receivers, health check, zpages or self-metrics,
 // so parallel tests cannot clash. It is killed when the test ends.
+//
+// With JaegerInPod it runs in a pod instead, listening on every address of
+// the pod on Jaeger's default ports (OTLP 4317 and 4318, query 16686 and
+// 16685), so other pods send it spans and the test reads them at the pod's
+// address.
 type Jaeger struct {
 	*Process
+	host                                     string // where the test reaches it
 	otlpGRPC, otlpHTTP, queryHTTP, queryGRPC int
+	pod                                      *Pod
 }
 
-// jaegerConfig is the collector config; the %d are the four ports. Format:
+// Jaeger's default ports, used in a pod.
+const (
+	JaegerOTLPGRPCPort  = 4317
+	JaegerOTLPHTTPPort  = 4318
+	JaegerQueryHTTPPort = 16686
+	jaegerQueryGRPCPort = 16685
+)
+
+// JaegerOption is an option of StartJaeger.
+type JaegerOption func(*jaegerOptions)
+
+type jaegerOptions struct{ pod *Pod }
+
+// JaegerInPod runs Jaeger in pod (see Jaeger).
+func JaegerInPod(pod *Pod) JaegerOption { return func(o *jaegerOptions) { o.pod = pod } }
+
+// jaegerConfig is the collector config; the %s:%d are the listen address
+// and the four ports. Format:
 // cmd/jaeger/internal/all-in-one.yaml of jaegertracing/jaeger v1.76.0.
 const jaegerConfig = `service:
   extensions: [jaeger_storage, jaeger_query]
@@ -69,17 +93,17 @@ extensions:
       traces: memstore
     enable_tracing: false
     http:
-      endpoint: 127.0.0.1:%d
+      endpoint: %[1]s:%[2]d
     grpc:
-      endpoint: 127.0.0.1:%d
+      endpoint: %[1]s:%[3]d
 
 receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:%d
+        endpoint: %[1]s:%[4]d
       http:
-        endpoint: 127.0.0.1:%d
+        endpoint: %[1]s:%[5]d
 
 exporters:
   jaeger_storage_exporter:
@@ -88,23 +112,39 @@ exporters:
 
 // StartJaeger starts Jaeger and waits until its OTLP receivers accept
 // connections and its query API answers.
-func StartJaeger(t testing.TB) *Jaeger {
+func StartJaeger(t testing.TB, opts ...JaegerOption) *Jaeger {
 	t.Helper()
+	var o jaegerOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	bin := JaegerBinary(t)
-	ports := FreePorts(t, 4)
-	j := &Jaeger{queryHTTP: ports[0], queryGRPC: ports[1], otlpGRPC: ports[2], otlpHTTP: ports[3]}
+	var ports []int
+	j := &Jaeger{host: "127.0.0.1", pod: o.pod}
+	listen := "127.0.0.1"
+	if o.pod != nil {
+		ports = []int{JaegerQueryHTTPPort, jaegerQueryGRPCPort, JaegerOTLPGRPCPort, JaegerOTLPHTTPPort}
+		j.host, listen = o.pod.IP.String(), "0.0.0.0"
+	} else {
+		ports = FreePorts(t, 4)
+	}
+	j.queryHTTP, j.queryGRPC, j.otlpGRPC, j.otlpHTTP = ports[0], ports[1], ports[2], ports[3]
 	cfg := filepath.Join(t.TempDir(), "jaeger.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, jaegerConfig, j.queryHTTP, j.queryGRPC, j.otlpGRPC, j.otlpHTTP), 0o644); err != nil {
+	if err := os.WriteFile(cfg, fmt.Appendf(nil, jaegerConfig, listen, j.queryHTTP, j.queryGRPC, j.otlpGRPC, j.otlpHTTP), 0o644); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	j.Process = StartProcess(t, "jaeger", bin, "--config", cfg)
+	if o.pod != nil {
+		j.Process = o.pod.StartProcess(t, "jaeger", ProcOpts{}, bin, "--config", cfg)
+	} else {
+		j.Process = StartProcess(t, "jaeger", bin, "--config", cfg)
+	}
 	j.WaitReady(jaegerReadyTimeout, j.ready)
 	return j
 }
 
 func (j *Jaeger) ready() error {
 	for _, port := range []int{j.otlpGRPC, j.otlpHTTP} {
-		c, err := net.DialTimeout("tcp", jaegerAddr(port), time.Second)
+		c, err := net.DialTimeout("tcp", j.addr(port), time.Second)
 		if err != nil {
 			return err
 		}
@@ -114,16 +154,19 @@ func (j *Jaeger) ready() error {
 	return err
 }
 
-func jaegerAddr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+func (j *Jaeger) addr(port int) string { return net.JoinHostPort(j.host, strconv.Itoa(port)) }
 
 // OTLPGRPCAddr is the OTLP/gRPC receiver, host:port (plaintext).
-func (j *Jaeger) OTLPGRPCAddr() string { return jaegerAddr(j.otlpGRPC) }
+func (j *Jaeger) OTLPGRPCAddr() string { return j.addr(j.otlpGRPC) }
 
 // OTLPHTTPAddr is the OTLP/HTTP receiver, host:port (plaintext; path /v1/traces).
-func (j *Jaeger) OTLPHTTPAddr() string { return jaegerAddr(j.otlpHTTP) }
+func (j *Jaeger) OTLPHTTPAddr() string { return j.addr(j.otlpHTTP) }
 
 // QueryURL is the base URL of the query API and UI, e.g. http://127.0.0.1:41234.
-func (j *Jaeger) QueryURL() string { return "http://" + jaegerAddr(j.queryHTTP) }
+func (j *Jaeger) QueryURL() string { return "http://" + j.addr(j.queryHTTP) }
+
+// Pod is the pod Jaeger runs in; nil on loopback.
+func (j *Jaeger) Pod() *Pod { return j.pod }
 
 // JaegerSpan is one span as the query API returns it.
 type JaegerSpan struct {

@@ -163,13 +163,19 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 // Poll calls cond every 20ms until it returns nil (then Poll returns nil) or
 // timeout passes (then Poll returns cond's last error).
 func Poll(timeout time.Duration, cond func() error) error {
+	return pollUntil(context.Background(), timeout, cond)
+}
+
+// pollUntil is Poll that also gives up, with cond's last error, once ctx is
+// done.
+func pollUntil(ctx context.Context, timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
 		if err == nil {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -184,6 +190,7 @@ type Process struct {
 	name string
 	path string
 	args []string
+	env  []string // added to the test's environment; nil: inherit it
 	log  string
 
 	mu   sync.Mutex
@@ -194,7 +201,14 @@ type Process struct {
 // StartProcess starts path with args. name labels the log.
 func StartProcess(t testing.TB, name, path string, args ...string) *Process {
 	t.Helper()
-	p := &Process{t: t, name: name, path: path, args: args, log: filepath.Join(t.TempDir(), name+".log")}
+	return startProcess(t, name, nil, path, args...)
+}
+
+// startProcess is StartProcess with env (KEY=VALUE) added to the child's
+// environment.
+func startProcess(t testing.TB, name string, env []string, path string, args ...string) *Process {
+	t.Helper()
+	p := &Process{t: t, name: name, path: path, args: args, env: env, log: filepath.Join(t.TempDir(), name+".log")}
 	t.Cleanup(func() {
 		p.Stop()
 		if t.Failed() {
@@ -223,6 +237,9 @@ func (p *Process) Start() error {
 		return err
 	}
 	cmd := exec.Command(p.path, p.args...)
+	if p.env != nil {
+		cmd.Env = append(os.Environ(), p.env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	setDeathSignal(cmd)
 	if err := cmd.Start(); err != nil {
@@ -298,7 +315,7 @@ func (p *Process) WaitReady(timeout time.Duration, ready func() error) {
 	p.t.Helper()
 	ctx, cancel := p.exitedCtx()
 	defer cancel()
-	err := Poll(timeout, func() error {
+	err := pollUntil(ctx, timeout, func() error {
 		if ctx.Err() != nil {
 			return errExited
 		}
