@@ -24,14 +24,15 @@ bin/tools/consul: tools/consul/go.mod tools/consul/go.sum
 bin/tools/jaeger: tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/tools/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
 
-# iptables (Debian package) for the transparent-capture e2e test, best effort:
-# without it that one test is skipped with a printed reason.
+# iptables (Debian package) for the capture tests of the iptables backend,
+# best effort: without it those tests skip with the reason, or fail under
+# SIDEMESH_REQUIRE_TOOLS as `make test` sets.
 bin/tools/.iptables:
 	@mkdir -p bin/tools
 	@command -v iptables >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null 2>&1; }; }; } || \
-	  echo "note: iptables could not be installed; the transparent-capture e2e test will be skipped"
+	  echo "note: iptables could not be installed; the iptables-backend capture tests will fail under SIDEMESH_REQUIRE_TOOLS"
 	@touch $@
 
 # iproute2 (ip) and util-linux (setpriv) for the tests that run Consul,

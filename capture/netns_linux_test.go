@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidemesh/sidemesh/internal/testenv"
+
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 )
@@ -41,10 +43,7 @@ var integrationConfig = Config{
 // SIDEMESH_REQUIRE_TOOLS is set (CI runs as root).
 func unavailable(t *testing.T, reason string) {
 	t.Helper()
-	if os.Getenv("SIDEMESH_REQUIRE_TOOLS") != "" {
-		t.Fatal(reason + "; SIDEMESH_REQUIRE_TOOLS makes this a failure")
-	}
-	t.Skip("skipped: " + reason)
+	testenv.RequireOrSkip(t, reason)
 }
 
 // netns is a network namespace the test created with `ip netns add`.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sidemesh/sidemesh/internal/testenv"
+
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
@@ -16,10 +18,7 @@ import (
 
 func unavailable(t *testing.T, reason string) {
 	t.Helper()
-	if os.Getenv("SIDEMESH_REQUIRE_TOOLS") != "" {
-		t.Fatal(reason + "; SIDEMESH_REQUIRE_TOOLS makes this a failure")
-	}
-	t.Skip("skipped: " + reason)
+	testenv.RequireOrSkip(t, reason)
 }
 
 // The injected init container's exact args, run as the container runs them

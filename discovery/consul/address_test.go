@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sidemesh/sidemesh/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -27,18 +29,12 @@ func inNetns(t *testing.T, setup [][]string, fn func()) {
 		why = "needs the ip command (iproute2)"
 	}
 	if why != "" {
-		if os.Getenv("SIDEMESH_REQUIRE_TOOLS") != "" {
-			t.Fatalf("SIDEMESH_REQUIRE_TOOLS is set but this test %s", why)
-		}
-		t.Skipf("skipping: this test %s", why)
+		testenv.RequireOrSkip(t, "this test "+why)
 	}
 	nsSeq++
 	ns := fmt.Sprintf("smaddr-%d-%d", os.Getpid(), nsSeq)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		if os.Getenv("SIDEMESH_REQUIRE_TOOLS") != "" {
-			t.Fatalf("ip netns add: %v: %s", err, out)
-		}
-		t.Skipf("skipping: ip netns add refused: %v: %s", err, out)
+		testenv.RequireOrSkip(t, fmt.Sprintf("ip netns add refused: %v: %s", err, out))
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	for _, args := range append([][]string{{"link", "set", "lo", "up"}}, setup...) {

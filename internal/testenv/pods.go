@@ -172,11 +172,7 @@ func NewPods(t testing.TB) *Pods {
 // SIDEMESH_REQUIRE_TOOLS is set.
 func podsUnavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := "testenv: " + fmt.Sprintf(format, args...)
-	if os.Getenv("SIDEMESH_REQUIRE_TOOLS") != "" {
-		t.Fatal(msg + "; SIDEMESH_REQUIRE_TOOLS makes this a failure")
-	}
-	t.Skip(msg)
+	RequireOrSkip(t, "testenv: "+fmt.Sprintf(format, args...))
 }
 
 // v4 is host number n of the harness's /24.
