@@ -619,7 +619,7 @@ func TestPodsUnavailableSkipsOrFails(t *testing.T) {
 		wantInMsg string
 	}{
 		{"", false, "no namespaces: operation not permitted"},
-		{"1", true, "SIDEMESH_REQUIRE_TOOLS makes this a failure"},
+		{"1", true, "SIDEMESH_REQUIRE_TOOLS is set, so this is a failure"},
 	} {
 		t.Setenv("SIDEMESH_REQUIRE_TOOLS", tc.require)
 		r := &recordTB{TB: t}
