@@ -19,7 +19,7 @@ import (
 // ErrConfig wraps every configuration error.
 var ErrConfig = errors.New("config")
 
-// Config is the whole sidecar configuration file (DESIGN.md "Config").
+// Config is the whole sidecar configuration file (README "Config reference").
 type Config struct {
 	Node        string          `yaml:"node"`
 	Admin       string          `yaml:"admin"`
