@@ -56,7 +56,15 @@ type Endpoint struct {
 	Weight  uint32            `json:"weight"`  // >= 1
 	Health  Health            `json:"-"`
 	Meta    map[string]string `json:"meta,omitempty"`
+	// MTLS marks an instance registered by a sidecar with mTLS on (Consul
+	// service meta or EDS metadata MetaMTLS = "true"): clients originate
+	// mTLS to it and verify its identity.
+	MTLS bool `json:"mtls,omitempty"`
 }
+
+// MetaMTLS is the endpoint meta key (Consul service meta, EDS endpoint
+// metadata) that marks a mesh instance with mTLS on, value "true".
+const MetaMTLS = "sidemesh_mtls"
 
 // Snapshot is an immutable, versioned view of one service's endpoints. Once
 // published, neither the snapshot nor its slice is ever modified.
@@ -114,7 +122,7 @@ func (s *Snapshot) Equal(o *Snapshot) bool {
 	}
 	for i := range s.Endpoints {
 		a, b := s.Endpoints[i], o.Endpoints[i]
-		if a.Address != b.Address || a.Weight != b.Weight || a.Health != b.Health || len(a.Meta) != len(b.Meta) {
+		if a.Address != b.Address || a.Weight != b.Weight || a.Health != b.Health || a.MTLS != b.MTLS || len(a.Meta) != len(b.Meta) {
 			return false
 		}
 		for k, v := range a.Meta {

@@ -409,6 +409,7 @@ func DecodeLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]discovery.En
 				for k, v := range st.GetFields() {
 					d.Meta[k] = v.GetStringValue()
 				}
+				d.MTLS = d.Meta[discovery.MetaMTLS] == "true"
 			}
 			eps = append(eps, d)
 		}

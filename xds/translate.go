@@ -391,10 +391,13 @@ func loadAssignment(service string, snap *discovery.Snapshot) (*endpointv3.Clust
 			HealthStatus:        healthStatus(ep.Health),
 			LoadBalancingWeight: u32(ep.Weight),
 		}
-		if len(ep.Meta) > 0 {
-			fields := make(map[string]any, len(ep.Meta))
+		if len(ep.Meta) > 0 || ep.MTLS {
+			fields := make(map[string]any, len(ep.Meta)+1)
 			for k, v := range ep.Meta {
 				fields[k] = v
+			}
+			if ep.MTLS {
+				fields[discovery.MetaMTLS] = "true" // the mesh-instance mark travels as metadata
 			}
 			st, err := structpb.NewStruct(fields)
 			if err == nil {

@@ -68,6 +68,7 @@ func endpointOf(e *api.ServiceEntry) (ep discovery.Endpoint, ok bool) {
 			ep.Meta[k] = v
 		}
 	}
+	ep.MTLS = e.Service.Meta[discovery.MetaMTLS] == "true"
 	return ep, true
 }
 

@@ -60,6 +60,11 @@ var rules = []rule{
 		reason: "the one model of upstream settings is shared by xds and sidecar, so it may build only on the policy packages",
 	},
 	{
+		pkgs:   "mtls",
+		only:   []string{"std", "github.com/spiffe/go-spiffe/v2/..."},
+		reason: "the mesh identity (certificates, SPIFFE verification, intentions) is fed by discovery sources and used by the data plane, so it depends on neither",
+	},
+	{
 		pkgs:   "xds/...",
 		only:   append([]string{"std", "external", "upstream", "discovery/...", "xds/..."}, upstreamParts...),
 		never:  []string{"sidecar"},
@@ -220,6 +225,8 @@ func TestRulesCatchViolations(t *testing.T) {
 	add(m("discovery/file"), false, m("discovery"), m("internal/glue"))
 	add(m("tracing"), false, "net/http", m("internal/glue"))
 	add(m("upstream"), false, "gopkg.in/yaml.v3", m("sidecar/health"), "github.com/other/lib")
+	add("github.com/spiffe/go-spiffe/v2/spiffeid", false)
+	add(m("mtls"), false, "fmt", "github.com/spiffe/go-spiffe/v2/spiffeid", m("discovery"))
 	add(m("xds"), false, "github.com/other/lib", m("upstream"), m("discovery"), m("sidecar/health"), m("internal/glue"))
 	// Deps: the transitive closure, as go list reports it.
 	for _, p := range g {
@@ -248,6 +255,7 @@ func TestRulesCatchViolations(t *testing.T) {
 			m("tracing") + " depends on " + m("sidecar") + " ",
 			m("tracing") + " depends on " + m("sidecar/balancer"),
 		},
+		"mtls":     {m("mtls") + " imports " + m("discovery")},
 		"upstream": {m("upstream") + " imports github.com/other/lib"},
 		"xds/...":  {m("xds") + " imports " + m("internal/glue"), m("xds") + " depends on " + m("sidecar") + " (xds → internal/glue → sidecar)"},
 	}

@@ -1,0 +1,60 @@
+package consul
+
+import (
+	"errors"
+	"net/http"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/sidemesh/sidemesh/discovery"
+)
+
+func TestEndpointOfMarksMeshInstances(t *testing.T) {
+	e := entry("a", "127.0.0.1", 7001, 1, 1)
+	e.Service.Meta = map[string]string{discovery.MetaMTLS: "true"}
+	if ep, ok := endpointOf(e); !ok || !ep.MTLS {
+		t.Fatalf("endpointOf = %+v, %v; want MTLS", ep, ok)
+	}
+	e.Service.Meta[discovery.MetaMTLS] = "false"
+	if ep, _ := endpointOf(e); ep.MTLS {
+		t.Fatal("meta false marked as a mesh instance")
+	}
+}
+
+func TestPolicyOfL7(t *testing.T) {
+	p, err := policyOf("api", []*api.Intention{
+		{SourceName: "web", Permissions: []*api.IntentionPermission{
+			{Action: api.IntentionActionDeny, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/admin", Methods: []string{"POST"}}},
+			{Action: api.IntentionActionAllow, HTTP: &api.IntentionHTTPPermission{PathRegex: "^/v1/", Header: []api.IntentionHTTPHeaderPermission{{Name: "x-tenant", Exact: "a"}}}},
+		}},
+		{SourceName: "*", Action: api.IntentionActionDeny},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := http.NewRequest("POST", "http://api/admin/users", nil)
+	if d := p.Request("web", r); d.Allowed {
+		t.Errorf("POST /admin allowed: %s", d.Reason)
+	}
+	r, _ = http.NewRequest("GET", "http://api/v1/x", nil)
+	r.Header.Set("X-Tenant", "a")
+	if d := p.Request("web", r); !d.Allowed {
+		t.Errorf("GET /v1/x with tenant a refused: %s", d.Reason)
+	}
+	if d := p.Connection("billing"); d.Allowed {
+		t.Error("wildcard deny allowed billing")
+	}
+	_, err = policyOf("api", []*api.Intention{{SourceName: "web", Permissions: []*api.IntentionPermission{{Action: "deny", HTTP: &api.IntentionHTTPPermission{PathRegex: "("}}}}})
+	if err == nil {
+		t.Fatal("a bad regex was accepted")
+	}
+}
+
+func TestConnectDisabledMessage(t *testing.T) {
+	if !connectDisabled(errors.New(`Unexpected response code: 500 (Connect must be enabled in order to use this endpoint)`)) {
+		t.Fatal("the agent's Connect-disabled answer is not recognised")
+	}
+	if connectDisabled(errors.New("dial tcp 127.0.0.1:8500: connect: connection refused")) {
+		t.Fatal("an unreachable agent taken for Connect disabled")
+	}
+}
