@@ -12,6 +12,7 @@ import (
 func (s *Sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", s.serveReady)
+	mux.HandleFunc("GET /certs", s.serveCerts)
 	mux.HandleFunc("GET /clusters", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"clusters": s.Clusters()})
 	})

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"math"
@@ -37,6 +38,8 @@ type Host struct {
 
 	od atomic.Pointer[outlier.Host]
 	m  *hostMetrics
+	// mtls: a mesh instance (discovery.Endpoint.MTLS): dials originate mTLS.
+	mtls atomic.Bool
 
 	// guarded by Cluster.mu
 	inSnapshot    bool
@@ -80,6 +83,11 @@ type Cluster struct {
 	tp         *tracing.Provider
 	inbound    bool
 	hadTraffic atomic.Bool
+
+	// mesh originates mTLS to mesh endpoints (nil: mtls off);
+	// tlsSessions resumes its sessions.
+	mesh        *meshTLS
+	tlsSessions tls.ClientSessionCache
 
 	// guarded by mu (swapped when xDS cluster settings arrive)
 	od       *outlier.Detector
@@ -372,6 +380,7 @@ func (c *Cluster) onUpdate(s *discovery.Snapshot) {
 		}
 		h.inSnapshot = true
 		h.weight.Store(ep.Weight)
+		h.mtls.Store(ep.MTLS)
 		h.dhealth.Store(uint32(ep.Health))
 	}
 	removed := false

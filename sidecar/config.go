@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery/consul"
+	"github.com/sidemesh/sidemesh/mtls"
 	"github.com/sidemesh/sidemesh/sidecar/health"
 	"github.com/sidemesh/sidemesh/tracing"
 	"github.com/sidemesh/sidemesh/upstream"
@@ -31,6 +32,7 @@ type Config struct {
 	Upstreams   []Upstream      `yaml:"upstreams"`
 	Tracing     *tracing.Config `yaml:"tracing"`
 	Drain       *DrainConfig    `yaml:"drain"`
+	MTLS        *MTLSConfig     `yaml:"mtls"`
 	LogLevel    string          `yaml:"log_level"`
 	source      string          // file name, for messages
 }
@@ -64,6 +66,9 @@ type Discovery struct {
 // XDSServer embeds the xDS server.
 type XDSServer struct {
 	Listen string `yaml:"listen"`
+	// TLS makes the xDS server serve TLS and require client certificates
+	// signed by its ca_file (only mesh members read the stream).
+	TLS *XDSServerTLS `yaml:"tls"`
 }
 
 // Transparent is the iptables-redirected outbound listener.
@@ -145,6 +150,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Drain == nil {
 		c.Drain = &DrainConfig{}
+	}
+	if c.MTLS == nil {
+		c.MTLS = &MTLSConfig{}
+	}
+	if c.MTLS.Mode == "" {
+		c.MTLS.Mode = mtls.ModeOff
 	}
 	if c.Drain.Timeout == 0 {
 		c.Drain.Timeout = DefaultDrainTimeout
@@ -267,6 +278,12 @@ func (c *Config) Validate() error {
 		if err := validAddr("xds_server.listen", c.XDSServer.Listen); err != nil {
 			return err
 		}
+		if err := c.XDSServer.TLS.validate("xds_server.tls"); err != nil {
+			return err
+		}
+	}
+	if err := c.validateMTLS(); err != nil {
+		return err
 	}
 	if c.Transparent != nil {
 		if err := validAddr("transparent.listen", c.Transparent.Listen); err != nil {

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -24,6 +25,9 @@ const (
 	// dialTCP refuses at once when max_connections is reached (Envoy's
 	// tcp_proxy) and reports ConnectSuccessFinal: nothing follows.
 	dialTCP
+	// dialH2 is dialHTTP for the HTTP/2 pool (mTLS origination offers ALPN
+	// h2 instead of http/1.1).
+	dialH2
 )
 
 // dialKeepAlive is the TCP keep-alive period of upstream connections.
@@ -49,6 +53,11 @@ func (c *Cluster) connect(ctx context.Context, br *breaker.Breaker, addr string,
 	h := c.host(addr)
 	d := net.Dialer{Timeout: c.connectTimeout(), KeepAlive: dialKeepAlive}
 	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil && h != nil && h.mtls.Load() && c.mesh != nil {
+		// A mesh instance: mTLS with our leaf, and the server must prove it
+		// is this upstream's service; a failure is a connect failure.
+		conn, err = c.originate(ctx, conn, addr, mode)
+	}
 	if err != nil {
 		br.ReleaseConn()
 		if errors.Is(ctx.Err(), context.Canceled) {
@@ -77,6 +86,48 @@ func (c *Cluster) connect(ctx context.Context, br *breaker.Breaker, addr string,
 	}
 	c.cm.cxActive.Inc()
 	return &upstreamConn{Conn: conn, c: c, br: br, h: h}, nil
+}
+
+// originate runs the mTLS client handshake on conn within connect_timeout;
+// on failure conn is closed and the error looks like a failed dial.
+func (c *Cluster) originate(ctx context.Context, conn net.Conn, addr string, mode dialMode) (net.Conn, error) {
+	var alpn []string
+	switch mode {
+	case dialHTTP:
+		alpn = alpnH1
+	case dialH2:
+		alpn = alpnH2
+	}
+	hctx, cancel := context.WithTimeout(ctx, c.connectTimeout())
+	defer cancel()
+	tc, err := c.mesh.originate(hctx, conn, c.Name, alpn, c.tlsSessions)
+	if err != nil {
+		conn.Close()
+		if c.log.Enabled(ctx, slog.LevelDebug) {
+			c.log.Debug("mtls origination failed", "endpoint", addr, "err", err)
+		}
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: conn.RemoteAddr(), Err: err}
+	}
+	return tc, nil
+}
+
+// setMesh turns on mTLS origination to the cluster's mesh endpoints (nil:
+// off), with a session cache for resumption.
+func (c *Cluster) setMesh(mt *meshTLS) {
+	if mt == nil {
+		return
+	}
+	c.mesh = mt
+	c.tlsSessions = tls.NewLRUClientSessionCache(64)
+}
+
+// dialContextH2 is dialContext for the HTTP/2 pool.
+func (c *Cluster) dialContextH2(ctx context.Context, _, addr string) (net.Conn, error) {
+	conn, err := c.dial(ctx, addr, dialH2)
+	if err != nil {
+		return nil, err
+	}
+	return conn, nil
 }
 
 // dialContext is dial in the shape of http.Transport.DialContext.
@@ -165,6 +216,8 @@ func (uc *upstreamConn) Close() error {
 
 // NetConn is the socket under the accounting (the HTTP/1.1 client peeks
 // idle connections through it; the TCP relay splices on it).
+// Over mTLS it is the TLS connection: its bytes are records, which neither
+// a liveness peek nor a splice may see.
 func (uc *upstreamConn) NetConn() net.Conn { return uc.Conn }
 
 // CloseWrite lets TCP half-close pass through the wrapper.

@@ -94,9 +94,13 @@ var useStdH1 = os.Getenv("SIDEMESH_STD_H1") == "1"
 // cluster's dialer (dial.go).
 func (c *Cluster) newTransport(h2c bool) *http.Transport {
 	u := c.cfg
+	dial := c.dialContext
+	if h2c {
+		dial = c.dialContextH2
+	}
 	t := &http.Transport{
 		Proxy:                 nil,
-		DialContext:           c.dialContext,
+		DialContext:           dial,
 		MaxIdleConns:          0,
 		MaxIdleConnsPerHost:   u.MaxIdleConnsPerHost,
 		IdleConnTimeout:       u.IdleTimeout,

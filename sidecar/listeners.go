@@ -24,6 +24,9 @@ func (s *Sidecar) tcpFor(c *Cluster) *tcpProxy {
 	}
 	p := newTCPProxy(c, c.log.With("protocol", "tcp"))
 	p.closed = s.tcpClosed // made by a late transparent connection during Shutdown
+	if c.inbound {
+		p.accept = s.authorizeConn
+	}
 	s.tcp = append(s.tcp, p)
 	s.tcpByCluster[c] = p
 	return p
@@ -39,7 +42,7 @@ func (s *Sidecar) handlerFor(c *Cluster) http.Handler {
 	}
 	var h http.Handler = newUpstreamHandler(c)
 	if c.inbound {
-		h = s.inboundHandler(h)
+		h = s.inboundHandler(s.authorizeHTTP(h))
 	}
 	s.httpByCluster[c] = h
 	return h
@@ -93,6 +96,7 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	var p http.Protocols
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
+	p.SetHTTP2(true) // over TLS (an mTLS inbound listener), by ALPN
 	return &http.Server{
 		Handler:           h,
 		Protocols:         &p,

@@ -113,6 +113,10 @@ func writeLocalReply(w http.ResponseWriter, r *http.Request, err error) {
 
 // localReply is the status and body for err; status 0 means no answer.
 func localReply(err error) (int, string) {
+	var ad *authzDenied
+	if errors.As(err, &ad) {
+		return http.StatusForbidden, ad.Error() + "\n"
+	}
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
 		if errors.Is(err, context.DeadlineExceeded) {

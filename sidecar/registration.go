@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/discovery/consul"
 )
 
@@ -49,6 +50,9 @@ func (s *Sidecar) registration() (consul.Registration, error) {
 	reg := consul.Registration{
 		ID: s.cfg.Node, Name: sv.Name, Address: s.regAddr, Port: port, Weight: sv.Weight, Tags: sv.Tags,
 		Meta: map[string]string{"sidemesh_version": Version},
+	}
+	if s.mesh != nil {
+		reg.Meta[discovery.MetaMTLS] = "true" // clients originate mTLS to this instance
 	}
 	check := &consul.Check{HTTP: "http://" + s.adminLn.Addr().String() + "/ready", Interval: 5 * time.Second, Timeout: 2 * time.Second,
 		DeregisterCriticalServiceAfter: *sv.DeregisterCriticalAfter}

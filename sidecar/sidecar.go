@@ -39,6 +39,7 @@ type Sidecar struct {
 	byName   map[string]*Cluster
 	inbound  *Cluster
 	tp       *tracing.Provider
+	mesh     *meshTLS // mtls (nil: off)
 
 	hmu           sync.Mutex
 	tcpClosed     bool // Shutdown closed the TCP proxies; later ones start closed
@@ -91,9 +92,11 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	if err := s.setupTracing(); err != nil {
 		return nil, err
 	}
+	s.setupMTLS()
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
 		c := newCluster(u, s.m, s.tp, log)
+		c.setMesh(s.mesh)
 		s.clusters = append(s.clusters, c)
 		s.byName[u.Service] = c
 	}
@@ -169,6 +172,7 @@ func (s *Sidecar) Start() error {
 			s.closeListeners()
 			return fmt.Errorf("service.inbound %s: %w", s.inbound.cfg.Listen, err)
 		}
+		s.inboundLn = s.wrapInbound(s.inboundLn)
 	}
 	if t := s.cfg.Transparent; t != nil {
 		s.transLn, err = net.Listen("tcp", t.Listen)
@@ -176,6 +180,10 @@ func (s *Sidecar) Start() error {
 			s.closeListeners()
 			return fmt.Errorf("transparent.listen %s: %w", t.Listen, err)
 		}
+	}
+	if err := s.startMTLS(); err != nil {
+		s.closeListeners()
+		return err
 	}
 	if err := s.startXDSServer(); err != nil {
 		s.closeListeners()
@@ -224,6 +232,11 @@ func (s *Sidecar) Ready() (bool, string) {
 	if !s.bound.Load() {
 		return false, "listeners not bound"
 	}
+	if s.mesh != nil {
+		if ok, why := s.mesh.ready(); !ok {
+			return false, why
+		}
+	}
 	if in := s.inbound; in != nil && in.hc != nil && !in.hc.Healthy(appAddr(s.cfg.Service)) {
 		return false, "local app failing its health check"
 	}
@@ -239,6 +252,13 @@ func (s *Sidecar) Ready() (bool, string) {
 
 // WaitReady blocks until ready or ctx ends.
 func (s *Sidecar) WaitReady(ctx context.Context) error {
+	if s.mesh != nil {
+		select {
+		case <-s.mesh.store.Ready():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for _, c := range s.clusters {
 		select {
 		case <-c.Ready():

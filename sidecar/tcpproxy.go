@@ -25,6 +25,9 @@ type tcpProxy struct {
 	retries     int           // connect failures retried on other endpoints
 	idleTimeout time.Duration // tcp_idle_timeout (0: none)
 	handlers    connGroup     // one per connection its listener accepted
+	// accept, when set, vets a new connection before any upstream is
+	// dialed (inbound mTLS: handshake and intentions); false closes it.
+	accept func(net.Conn) bool
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -104,6 +107,9 @@ func (p *tcpProxy) handle(down net.Conn) {
 	defer down.Close()
 	p.track(down, true)
 	defer p.track(down, false)
+	if p.accept != nil && !p.accept(down) {
+		return
+	}
 	var info *balancer.PickInfo
 	if len(c.cfg.HashPolicy) > 0 {
 		if host, _, err := net.SplitHostPort(down.RemoteAddr().String()); err == nil {
