@@ -200,6 +200,13 @@ func (c *Connect) queryIntentions(ctx context.Context, index uint64) (uint64, er
 	if err != nil {
 		return 0, err
 	}
+	// The default is asked with an identity of our trust domain: wait for
+	// the first leaf (it comes with the roots, at once on a healthy agent).
+	select {
+	case <-c.store.Ready():
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 	p.DefaultAllow = c.defaultAllow()
 	c.authz.Set(p)
 	c.log.Debug("consul connect: intentions", "count", len(p.Intentions), "default_allow", p.DefaultAllow)
@@ -234,6 +241,7 @@ func (c *Connect) defaultAllow() bool {
 		c.log.Debug("consul connect: default intention unknown", "err", err)
 		return prev
 	}
+	c.log.Debug("consul connect: default intention", "authorized", res.Authorized, "reason", res.Reason)
 	return res.Authorized
 }
 

@@ -5,8 +5,13 @@ import (
 	"net/http"
 	"testing"
 
+	"strings"
+	"time"
+
 	"github.com/hashicorp/consul/api"
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/internal/testenv"
+	"github.com/sidemesh/sidemesh/mtls"
 )
 
 func TestEndpointOfMarksMeshInstances(t *testing.T) {
@@ -57,4 +62,43 @@ func TestConnectDisabledMessage(t *testing.T) {
 	if connectDisabled(errors.New("dial tcp 127.0.0.1:8500: connect: connection refused")) {
 		t.Fatal("an unreachable agent taken for Connect disabled")
 	}
+}
+
+// Against a real agent: the identity and the intentions arrive, the default
+// is the agent's (allow in -dev), and an intention change arrives by the
+// blocking query.
+func TestConnectAgainstAgent(t *testing.T) {
+	agent := testenv.StartConsul(t)
+	src, err := New(Config{Address: agent.Addr()}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	store, authz := &mtls.Store{}, &mtls.Authorizer{}
+	if _, err := src.StartConnect("api", store, authz); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "leaf and intentions", func() error {
+		if store.Current() == nil || authz.Policy() == nil {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if id := store.Current().ID.String(); !strings.HasSuffix(id, "/svc/api") {
+		t.Fatalf("identity %s", id)
+	}
+	if d := authz.Connection("web"); !d.Allowed {
+		t.Fatalf("web → api with no intention in -dev: %s", d.Reason)
+	}
+	cc := agent.Client(t)
+	if _, _, err := cc.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "api",
+		Sources: []*api.SourceIntention{{Name: "web", Action: api.IntentionActionDeny}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "deny intention arrives", func() error {
+		if d := authz.Connection("web"); d.Allowed {
+			return errors.New(d.Reason)
+		}
+		return nil
+	})
 }
