@@ -70,7 +70,7 @@ func startMeshApp(t *testing.T, mp *meshPod, name string) {
 // discovery and node are added) and waits for /ready.
 func startMeshSidecar(t *testing.T, mp *meshPod, consul *testenv.Consul, node, body string) {
 	t.Helper()
-	cfg := fmt.Sprintf("log_level: debug\nnode: %s\nadmin: 127.0.0.1:%d\ndiscovery: {consul: {address: %q}}\n%s", node, meshAdmin, consul.Addr(), body)
+	cfg := fmt.Sprintf("node: %s\nadmin: 127.0.0.1:%d\ndiscovery: {consul: {address: %q}}\n%s", node, meshAdmin, consul.Addr(), body)
 	dir := testenv.ReadableTempDir(t)
 	path := filepath.Join(dir, node+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
@@ -511,4 +511,75 @@ func activeRoot(c certsJSON) string {
 		}
 	}
 	return ""
+}
+
+// A TCP service: a deny intention closes web's connections to it after the
+// handshake (nothing reaches the app); deleting it restores them.
+func TestMTLSTCPIntentionAcrossPods(t *testing.T) {
+	pods := testenv.NewPods(t)
+	consul := testenv.StartConsul(t, testenv.ConsulInPod(pods.Add("consul")))
+	cc := consul.Client(t)
+	db, web := newMeshPod(t, pods, "db"), newMeshPod(t, pods, "web")
+	ln, err := db.pod.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", meshApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() { // a line echo that counts its connections
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			db.appHits.Add(1)
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	startMeshSidecar(t, db, consul, "db-1", fmt.Sprintf(
+		"service: {name: db, port: %d, protocol: tcp, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: strict}\n", meshApp, meshInbound, db.pod.IP))
+	startMeshSidecar(t, web, consul, "web-1", fmt.Sprintf(
+		"mtls: {mode: strict}\nservice: {name: web, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nupstreams:\n  - {service: db, protocol: tcp, listen: \"127.0.0.1:%d\"}\n",
+		meshApp, meshInbound, web.pod.IP, meshOutbound))
+	echo := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := web.pod.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", meshOutbound))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			return err
+		}
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err != nil {
+			return fmt.Errorf("no echo: %w", err)
+		}
+		return nil
+	}
+	testenv.Eventually(t, 30*time.Second, "web reaches db", echo)
+	if _, _, err := cc.ConfigEntries().Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "db",
+		Sources: []*api.SourceIntention{{Name: "web", Action: api.IntentionActionDeny}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, intentionBound, "deny closes TCP connections", func() error {
+		if err := echo(); err == nil {
+			return fmt.Errorf("echoed")
+		}
+		return nil
+	})
+	before := db.appHits.Load()
+	for range 5 {
+		if err := echo(); err == nil {
+			t.Fatal("a denied connection was relayed")
+		}
+	}
+	if n := db.appHits.Load() - before; n != 0 {
+		t.Fatalf("%d denied connections reached the app", n)
+	}
+	if _, err := cc.ConfigEntries().Delete(api.ServiceIntentions, "db", nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, intentionBound, "deleted intention lifted", echo)
 }
