@@ -33,9 +33,9 @@ func (s *Sidecar) startXDSServer() error {
 	if x == nil {
 		return nil
 	}
-	ln, err := net.Listen("tcp", x.Listen)
+	ln, err := listenXDS(x)
 	if err != nil {
-		return fmt.Errorf("xds_server.listen %s: %w", x.Listen, err)
+		return err
 	}
 	srv, err := xds.NewServer(xds.ServerOptions{Logger: s.log, Source: s.src, Upstreams: xdsUpstreams(s.cfg)})
 	if err != nil {
@@ -114,9 +114,9 @@ func NewControlPlane(cfg *Config, log *slog.Logger) (*ControlPlane, error) {
 
 // Start binds xds_server.listen and serves.
 func (cp *ControlPlane) Start() error {
-	ln, err := net.Listen("tcp", cp.cfg.XDSServer.Listen)
+	ln, err := listenXDS(cp.cfg.XDSServer)
 	if err != nil {
-		return fmt.Errorf("xds_server.listen %s: %w", cp.cfg.XDSServer.Listen, err)
+		return err
 	}
 	cp.ln, cp.done = ln, make(chan struct{})
 	go func() {

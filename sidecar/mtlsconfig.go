@@ -1,6 +1,12 @@
 package sidecar
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+
 	"github.com/sidemesh/sidemesh/mtls"
 )
 
@@ -71,4 +77,48 @@ func (c *Config) validateMTLS() error {
 		return bad("mtls.mode", m.Mode, "with the Connect CA needs service.name: the identity is the local service's")
 	}
 	return nil
+}
+
+// serverTLS is the xDS server's TLS: its certificate, and client
+// certificates required and verified against ca_file.
+func (t *XDSServerTLS) serverTLS() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: xds_server.tls.cert_file/key_file: %v", ErrConfig, err)
+	}
+	caPEM, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: xds_server.tls.ca_file: %v", ErrConfig, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%w: xds_server.tls.ca_file: %q holds no PEM certificate", ErrConfig, t.CAFile)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		NextProtos:   []string{"h2"}, // gRPC
+	}, nil
+}
+
+// listenXDS binds xds_server.listen, behind TLS when xds_server.tls is set
+// (only holders of a client certificate of its CA read the stream).
+func listenXDS(x *XDSServer) (net.Listener, error) {
+	var cfg *tls.Config
+	if x.TLS != nil {
+		var err error
+		if cfg, err = x.TLS.serverTLS(); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", x.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("xds_server.listen %s: %w", x.Listen, err)
+	}
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
+	}
+	return ln, nil
 }
