@@ -34,7 +34,7 @@ type testCA struct {
 
 var serial atomic.Int64
 
-func newCA(t *testing.T, domain string) *testCA {
+func newCA(t testing.TB, domain string) *testCA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse("spiffe://" + domain)
@@ -52,7 +52,7 @@ func newCA(t *testing.T, domain string) *testCA {
 }
 
 // leaf issues a Consul-shaped leaf for service; it returns the cert and key PEM.
-func (ca *testCA) leaf(t *testing.T, domain, service string) ([]byte, []byte) {
+func (ca *testCA) leaf(t testing.TB, domain, service string) ([]byte, []byte) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse("spiffe://" + domain + "/ns/default/dc/dc1/svc/" + service)
@@ -70,7 +70,7 @@ func (ca *testCA) leaf(t *testing.T, domain, service string) ([]byte, []byte) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
 }
 
-func storeFor(t *testing.T, ca *testCA, domain, service string, extraRoots ...*testCA) *Store {
+func storeFor(t testing.TB, ca *testCA, domain, service string, extraRoots ...*testCA) *Store {
 	t.Helper()
 	c, k := ca.leaf(t, domain, service)
 	roots := []Root{{ID: "r0", Cert: ca.cert, Active: true}}
@@ -88,7 +88,7 @@ func storeFor(t *testing.T, ca *testCA, domain, service string, extraRoots ...*t
 
 // serveEcho runs a listener that answers each connection's line with the
 // peer's SPIFFE ID (TLS) or "plain".
-func serveEcho(t *testing.T, ln net.Listener) {
+func serveEcho(t testing.TB, ln net.Listener) {
 	t.Helper()
 	t.Cleanup(func() { ln.Close() })
 	go func() {
@@ -126,7 +126,7 @@ func talk(c net.Conn) (string, error) {
 	return bufio.NewReader(c).ReadString('\n')
 }
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ type staticSource struct{ discovery.Fanout }
 
 func (*staticSource) Close() error { return nil }
 
-func newStatic(t *testing.T, service string, eps ...discovery.Endpoint) *staticSource {
+func newStatic(t testing.TB, service string, eps ...discovery.Endpoint) *staticSource {
 	t.Helper()
 	s := &staticSource{}
 	snap, err := discovery.NewSnapshot(service, 1, eps)
@@ -40,7 +40,7 @@ func newStatic(t *testing.T, service string, eps ...discovery.Endpoint) *staticS
 
 // startMeshSidecar runs a sidecar with mtls from files for identity (the
 // service its certificate names).
-func startMeshSidecar(t *testing.T, ca *mtlstest.CA, identity, mode, body string, opts Options) *Sidecar {
+func startMeshSidecar(t testing.TB, ca *mtlstest.CA, identity, mode, body string, opts Options) *Sidecar {
 	t.Helper()
 	dir := t.TempDir()
 	cert, key, caf := ca.Files(t, dir, identity)
