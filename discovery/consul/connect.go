@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -35,7 +36,12 @@ type Connect struct {
 	mu    sync.Mutex
 	roots *api.CARootList
 	leaf  *api.LeafCert
+
+	failures atomic.Uint64 // failed queries, all three
 }
+
+// Failures is how many of the Connect queries have failed so far.
+func (c *Connect) Failures() uint64 { return c.failures.Load() }
 
 // connectDisabled reports whether err is the agent saying Connect is off.
 func connectDisabled(err error) bool {
@@ -73,10 +79,10 @@ func (s *Source) StartConnect(service string, store *mtls.Store, authz *mtls.Aut
 	}
 	s.wg.Add(n)
 	s.mu.Unlock()
-	go s.blockingLoop("connect roots", c.queryRoots)
-	go s.blockingLoop("connect leaf "+service, c.queryLeaf)
+	go s.blockingLoop("connect roots", c.counted(c.queryRoots))
+	go s.blockingLoop("connect leaf "+service, c.counted(c.queryLeaf))
 	if authz != nil {
-		go s.blockingLoop("intentions "+service, c.queryIntentions)
+		go s.blockingLoop("intentions "+service, c.counted(c.queryIntentions))
 	}
 	return c, nil
 }
@@ -116,6 +122,17 @@ func (s *Source) blockingLoop(what string, query func(ctx context.Context, index
 		}
 		failures, retryAt = 0, time.Time{}
 		index = nextIndex(index, got)
+	}
+}
+
+// counted counts query's failures.
+func (c *Connect) counted(query func(context.Context, uint64) (uint64, error)) func(context.Context, uint64) (uint64, error) {
+	return func(ctx context.Context, index uint64) (uint64, error) {
+		got, err := query(ctx, index)
+		if err != nil && ctx.Err() == nil {
+			c.failures.Add(1)
+		}
+		return got, err
 	}
 }
 

@@ -75,7 +75,8 @@ func TestConnectAgainstAgent(t *testing.T) {
 	}
 	defer src.Close()
 	store, authz := &mtls.Store{}, &mtls.Authorizer{}
-	if _, err := src.StartConnect("api", store, authz); err != nil {
+	conn, err := src.StartConnect("api", store, authz)
+	if err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 10*time.Second, "leaf and intentions", func() error {
@@ -101,4 +102,19 @@ func TestConnectAgainstAgent(t *testing.T) {
 		}
 		return nil
 	})
+	// The agent goes away: the identity and the intentions stay in force.
+	leaf := store.Current()
+	agent.Stop()
+	testenv.Eventually(t, 20*time.Second, "a Connect query fails", func() error {
+		if conn.Failures() == 0 {
+			return errors.New("no failure yet")
+		}
+		return nil
+	})
+	if store.Current() != leaf {
+		t.Fatal("the leaf changed while the agent was down")
+	}
+	if d := authz.Connection("web"); d.Allowed {
+		t.Fatalf("the deny intention was lost with the agent: %s", d.Reason)
+	}
 }
