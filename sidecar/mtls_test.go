@@ -13,6 +13,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/mtls"
@@ -234,5 +238,31 @@ func TestMTLSConfigErrors(t *testing.T) {
 	cfg, err := Parse("test.yaml", []byte("admin: 127.0.0.1:0\n"))
 	if err != nil || cfg.MTLS.Mode != mtls.ModeOff {
 		t.Fatalf("default mtls.mode: %v, %v", cfg, err)
+	}
+}
+
+// gRPC between two sidecars over mTLS: origination negotiates h2 by ALPN
+// and the inbound serves HTTP/2 over TLS, trailers included.
+func TestMTLSGRPC(t *testing.T) {
+	ca := mtlstest.NewCA(t, testTD)
+	addr := startGRPCBackend(t)
+	_, port, _ := net.SplitHostPort(addr)
+	api := startMeshSidecar(t, ca, "api", "strict", fmt.Sprintf("service: {name: api, port: %s, protocol: grpc, inbound: 127.0.0.1:0}\n", port), Options{})
+	src := newStatic(t, "api", discovery.Endpoint{Address: api.InboundAddr(), Weight: 1, MTLS: true})
+	web := startMeshSidecar(t, ca, "web", "strict", "upstreams:\n  - {service: api, listen: 127.0.0.1:0, protocol: grpc}\n", Options{Source: src})
+	cc, err := grpc.NewClient(web.UpstreamAddr("api"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var tr metadata.MD
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "up"}, grpc.Trailer(&tr))
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC through two sidecars over mTLS: %v %v", resp, err)
+	}
+	if got := tr.Get("x-trailer"); len(got) != 1 || got[0] != "t-up" {
+		t.Fatalf("trailer = %v", got)
 	}
 }
