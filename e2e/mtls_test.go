@@ -583,3 +583,43 @@ func TestMTLSTCPIntentionAcrossPods(t *testing.T) {
 	}
 	testenv.Eventually(t, intentionBound, "deleted intention lifted", echo)
 }
+
+// Permissive: api serves web's mTLS and an outsider's plaintext, and counts
+// the plaintext connections.
+func TestMTLSPermissiveAcrossPods(t *testing.T) {
+	pods := testenv.NewPods(t)
+	consul := testenv.StartConsul(t, testenv.ConsulInPod(pods.Add("consul")))
+	apiPod, web, outsider := newMeshPod(t, pods, "api"), newMeshPod(t, pods, "web"), newMeshPod(t, pods, "outsider")
+	startMeshApp(t, apiPod, "api")
+	startMeshSidecar(t, apiPod, consul, "api-1", fmt.Sprintf(
+		"service: {name: api, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: permissive}\n", meshApp, meshInbound, apiPod.IP()))
+	startMeshSidecar(t, web, consul, "web-1", fmt.Sprintf(
+		"service: {name: web, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: strict}\nupstreams:\n  - {service: api, listen: \"127.0.0.1:%d\"}\n",
+		meshApp, meshInbound, web.IP(), meshOutbound))
+	m := &meshMesh{api: apiPod, web: web, outsider: outsider}
+	testenv.Eventually(t, 30*time.Second, "web reaches api over mTLS", func() error {
+		code, body, _, err := m.viaWeb("/")
+		if err != nil || code != 200 {
+			return fmt.Errorf("%d %q %v", code, body, err)
+		}
+		return nil
+	})
+	plain := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: outsider.pod.DialContext, DisableKeepAlives: true}}
+	for i := range 3 {
+		resp, err := plain.Get("http://" + m.apiInbound() + "/x")
+		if err != nil {
+			t.Fatalf("plaintext request %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "hello from api" {
+			t.Fatalf("plaintext request %d: %d %q", i, resp.StatusCode, b)
+		}
+	}
+	if v, ok := consulMetricPod(t, apiPod, "sidemesh_mtls_plaintext_connections_total"); !ok || v != 3 {
+		t.Fatalf("plaintext connections counted %v (present %v), want 3", v, ok)
+	}
+}
+
+// IP is the pod's address.
+func (mp *meshPod) IP() string { return mp.pod.IP.String() }
