@@ -175,7 +175,7 @@ func (s *Sidecar) Start() error {
 		s.inboundLn = s.wrapInbound(s.inboundLn)
 	}
 	if t := s.cfg.Transparent; t != nil {
-		s.transLn, err = net.Listen("tcp", t.Listen)
+		s.transLn, err = listenTransparent(t.Listen)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("transparent.listen %s: %w", t.Listen, err)

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -203,3 +207,91 @@ func (q *connQueue) Close() error {
 }
 
 func (q *connQueue) Addr() net.Addr { return q.addr }
+
+// listenTransparent binds transparent.listen. Capture redirects a
+// connection to the loopback address of its own family (nft's and
+// iptables' REDIRECT to 127.0.0.1 or ::1), so when the configured address
+// is 127.0.0.1:P the listener also binds [::1]:P, on the same port, where
+// the host has IPv6 loopback; without IPv6 it binds 127.0.0.1:P alone. Any
+// other address is bound as given.
+func listenTransparent(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	ap, perr := netip.ParseAddrPort(ln.Addr().String())
+	if perr != nil || ap.Addr() != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+		return ln, nil
+	}
+	ln6, err := net.Listen("tcp6", netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port()).String())
+	if err != nil {
+		if errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT) {
+			return ln, nil // no IPv6 here: nothing to redirect to ::1
+		}
+		ln.Close()
+		return nil, fmt.Errorf("[::1]:%d (the IPv6 side of %s): %w", ap.Port(), addr, err)
+	}
+	return newMultiListener(ln, ln6), nil
+}
+
+// multiListener accepts from several listeners as one; Addr is the first's.
+type multiListener struct {
+	lns       []net.Listener
+	accepted  chan acceptResult
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type acceptResult struct {
+	conn net.Conn
+	err  error
+}
+
+func newMultiListener(lns ...net.Listener) *multiListener {
+	m := &multiListener{lns: lns, accepted: make(chan acceptResult), done: make(chan struct{})}
+	for _, ln := range lns {
+		go m.acceptFrom(ln)
+	}
+	return m
+}
+
+// acceptFrom hands ln's connections (and temporary errors) to Accept until
+// ln fails for good or the multiListener closes.
+func (m *multiListener) acceptFrom(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		select {
+		case m.accepted <- acceptResult{c, err}:
+		case <-m.done:
+			if c != nil {
+				c.Close()
+			}
+			return
+		}
+		if err != nil && !temporaryAcceptError(err) {
+			return
+		}
+	}
+}
+
+func (m *multiListener) Accept() (net.Conn, error) {
+	select {
+	case r := <-m.accepted:
+		return r.conn, r.err
+	case <-m.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (m *multiListener) Close() error {
+	var errs []error
+	m.closeOnce.Do(func() {
+		close(m.done)
+		for _, ln := range m.lns {
+			errs = append(errs, ln.Close())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func (m *multiListener) Addr() net.Addr { return m.lns[0].Addr() }

@@ -89,3 +89,60 @@ func TestLooksHTTP(t *testing.T) {
 		}
 	}
 }
+
+// The transparent listener on 127.0.0.1:P also takes [::1]:P, where capture
+// redirects IPv6 connections; both are accepted through the one listener and
+// both close with it.
+func TestListenTransparentBindsIPv6Loopback(t *testing.T) {
+	probe, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("skipped: no IPv6 loopback here: %v", err)
+	}
+	probe.Close()
+	ln, err := listenTransparent("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	accepted := make(chan string, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c.LocalAddr().String()
+			c.Close()
+		}
+	}()
+	for _, addr := range []string{"127.0.0.1:" + port, "[::1]:" + port} {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		c.Close()
+		if got := <-accepted; got != addr {
+			t.Fatalf("accepted on %s, want %s", got, addr)
+		}
+	}
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := <-accepted; ok {
+		t.Fatal("Accept returned a connection after Close")
+	}
+	if c, err := net.DialTimeout("tcp", "[::1]:"+port, 5*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("[::1]:%s still accepts after Close", port)
+	}
+	// Another address is bound as given, alone.
+	other, err := listenTransparent("127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, ok := other.(*multiListener); ok {
+		t.Fatal("127.0.0.2 got a second (IPv6) listener")
+	}
+}
