@@ -341,6 +341,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		s.log.Info("draining", "timeout", s.cfg.Drain.Timeout)
 		s.stopRegistration() // first: other sidecars stop sending here while we drain
 		if s.inboundSrv != nil {
+			s.inboundGrace(ctx)
 			_ = s.inboundSrv.Shutdown(ctx)
 		} else if s.inboundLn != nil {
 			s.inboundLn.Close() // TCP inbound: no http.Server closes it
