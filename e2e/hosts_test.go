@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -59,6 +60,7 @@ func TestMain(m *testing.M) {
 // clientSpec is what hostsClient does: N GETs of URL with Host (when set)
 // from Concurrency workers, or, with N 0, GETs until its stdin closes.
 type clientSpec struct {
+	TCP         string // instead of HTTP: dial this address, send a line, print what comes back
 	URL         string
 	Host        string
 	N           int
@@ -89,6 +91,9 @@ func hostsClient(specJSON string) int {
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if spec.TCP != "" {
+		return tcpClient(spec.TCP)
 	}
 	conc := max(spec.Concurrency, 1)
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conc}}
@@ -152,6 +157,50 @@ func hostsClient(specJSON string) int {
 		return 1
 	}
 	return 0
+}
+
+// tcpClient sends a line to addr and prints the line that comes back.
+func tcpClient(addr string) int {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "read from %s: %v (got %q)\n", addr, err, line)
+		return 1
+	}
+	fmt.Print(line)
+	return 0
+}
+
+// serveEcho answers each line on ln with the address the connection
+// reached and the line.
+func serveEcho(t *testing.T, ln net.Listener) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintf(c, "%s %s", c.LocalAddr(), line)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
 }
 
 // hostsEnv is what the tests of one harness share: the pods, the agent,
@@ -490,12 +539,31 @@ func TestAcrossHosts(t *testing.T) {
 		})
 	})
 
+	// echo: a TCP service in pod api-1, registered by hand at its IPv4 and
+	// (when there is one) IPv6 address, for routing by original destination.
+	echoLn, err := api1.Listen("tcp", "[::]:9006")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveEcho(t, echoLn)
+	echoAddrs := []netip.Addr{api1.IP}
+	if pods.IPv6() {
+		echoAddrs = append(echoAddrs, api1.IP6)
+	}
+	for i, a := range echoAddrs {
+		reg := &api.AgentServiceRegistration{ID: "echo-" + strconv.Itoa(i), Name: "echo", Address: a.String(), Port: 9006}
+		if err := e.consul.Client(t).Agent().ServiceRegister(reg); err != nil {
+			t.Fatalf("register echo at %s: %v", a, err)
+		}
+	}
+
 	webCfg := fmt.Sprintf(`node: web
 discovery:
   consul: {address: "%s"}
 transparent: {listen: 127.0.0.1:15001}
 upstreams:
   - {service: api, listen: 127.0.0.1:9001}
+  - {service: echo, protocol: tcp}
 tracing: {otlp_endpoint: "%s", sampling_ratio: 1.0, service_name: web, batch_timeout: 100ms}
 `, e.consul.Addr(), e.jaeger.OTLPGRPCAddr())
 	webSidecar := e.startPodSidecar(t, web, webInj, webCfg)
@@ -535,6 +603,29 @@ tracing: {otlp_endpoint: "%s", sampling_ratio: 1.0, service_name: web, batch_tim
 			t.Logf("%v", r.Counts)
 		})
 	}
+
+	t.Run("captured TCP routed by its original destination", func(t *testing.T) {
+		// Not HTTP: the transparent listener must read the address the app
+		// dialled (SO_ORIGINAL_DST, IPv6: IP6T_SO_ORIGINAL_DST) to find the
+		// upstream owning it, which balances the connection over its
+		// endpoints; without it the connection is closed.
+		for _, a := range echoAddrs {
+			dst := netip.AddrPortFrom(a, 9006).String()
+			cmd := e.clientCmd(t, web, clientSpec{TCP: dst})
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("TCP to %s from web's app: %v: %s", dst, err, stderr.String())
+			}
+			// The upstream balances over its endpoints: any of echo's answers.
+			reached, rest, _ := strings.Cut(string(out), " ")
+			ap, perr := netip.ParseAddrPort(reached)
+			if perr != nil || rest != "ping\n" || !slices.Contains(echoAddrs, ap.Addr()) || ap.Port() != 9006 {
+				t.Fatalf("TCP to %s: %q, want an echo endpoint's answer (%v, port 9006)", dst, out, echoAddrs)
+			}
+		}
+	})
 
 	t.Run("one trace holds spans of both pods", func(t *testing.T) {
 		tp, id := newTraceparent()
