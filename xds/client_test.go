@@ -72,7 +72,7 @@ func TestClientServerRoundTrip(t *testing.T) {
 		t.Fatalf("snapshot version %d after %d, want it to grow", v, firstVersion)
 	}
 	waitFor(t, "the client to ACK the server's version", func() bool {
-		return c.Stats().Types[resource.EndpointType].Version == srv.Version()
+		return c.Stats().Types[resource.EndpointType].Version == srv.Versions()[resource.EndpointType]
 	})
 	st := c.Stats()
 	for _, typ := range clientTypes {
@@ -349,6 +349,75 @@ func TestClientConfigValidate(t *testing.T) {
 		_, err := NewClient(tt.cfg, ClientOptions{})
 		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("NewClient(%+v) = %v, want ErrConfig containing %q", tt.cfg, err, tt.want)
+		}
+	}
+}
+
+// A weight change reaches the client as EDS responses only, a cluster
+// setting change as CDS only (counted per type at the client).
+func TestPushesOnlyChangedTypes(t *testing.T) {
+	src := &fakeSource{}
+	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}))
+	src.Publish(mustSnap(t, "web", 1, discovery.Endpoint{Address: "127.0.0.1:8001", Weight: 1}))
+	srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{Defaults("api"), Defaults("web")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := listen(t, "127.0.0.1:0")
+	stop := serve(t, srv, lis)
+	defer stop()
+
+	c := newClient(t, lis.Addr().String())
+	var api, web recorder
+	defer c.Watch("api", &api)()
+	defer c.Watch("web", &web)()
+	var mu sync.Mutex
+	var policies []string
+	defer c.WatchCluster("api", func(cs upstream.Settings) {
+		mu.Lock()
+		policies = append(policies, cs.LBPolicy)
+		mu.Unlock()
+	})()
+	synced := func() bool {
+		st := c.Stats()
+		for _, typ := range clientTypes {
+			if ts := st.Types[typ]; ts == nil || ts.Version != srv.Versions()[typ] || ts.ACKs != ts.Updates {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "the first sync", synced)
+	counts := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for typ, ts := range c.Stats().Types {
+			out[typ] = ts.Updates
+		}
+		return out
+	}
+	before := counts()
+
+	src.Publish(mustSnap(t, "api", 2, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 9}))
+	waitFor(t, "the weight change", func() bool { return sameWeights(api.snapshot(), map[string]uint32{"127.0.0.1:7001": 9}) })
+	settings := Defaults("api")
+	settings.Settings.LBPolicy = balancer.LeastRequest
+	if err := srv.SetSettings([]Upstream{settings, Defaults("web")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the setting change", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(policies) > 0 && policies[len(policies)-1] == balancer.LeastRequest
+	})
+	waitFor(t, "the second sync", synced)
+	after := counts()
+	for _, typ := range clientTypes {
+		want := uint64(0)
+		if typ == resource.EndpointType || typ == resource.ClusterType {
+			want = 1 // one weight change, one setting change
+		}
+		if got := after[typ] - before[typ]; got != want {
+			t.Errorf("%s: %d responses for one weight change and one setting change, want %d", typeLabel(typ), got, want)
 		}
 	}
 }

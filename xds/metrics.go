@@ -51,7 +51,7 @@ func WriteServerMetrics(w io.Writer, st ServerStats) error {
 		name, kind, help string
 		v                any
 	}{
-		{"sidemesh_xds_server_version", "gauge", "Version of the snapshot served.", st.Version},
+		{"sidemesh_xds_server_pushes_total", "counter", "Snapshots set (each one a push to the clients whose resources changed).", st.Pushes},
 		{"sidemesh_xds_server_streams", "gauge", "Open xDS streams.", st.Streams},
 		{"sidemesh_xds_server_requests_total", "counter", "xDS requests received.", st.Requests},
 		{"sidemesh_xds_server_acks_total", "counter", "ACKs received.", st.ACKs},

@@ -28,10 +28,10 @@ func TestWriteMetrics(t *testing.T) {
 		}
 	}
 	b.Reset()
-	if err := WriteServerMetrics(&b, ServerStats{Version: "7", Streams: 1, NACKs: 2}); err != nil {
+	if err := WriteServerMetrics(&b, ServerStats{Version: "ab12", Pushes: 7, Streams: 1, NACKs: 2}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"sidemesh_xds_server_version 7\n", "sidemesh_xds_server_nacks_total 2\n", "sidemesh_xds_server_streams 1\n"} {
+	for _, want := range []string{"sidemesh_xds_server_pushes_total 7\n", "sidemesh_xds_server_nacks_total 2\n", "sidemesh_xds_server_streams 1\n"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("server metrics lack %q:\n%s", want, b.String())
 		}

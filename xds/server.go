@@ -2,12 +2,14 @@ package xds
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,7 @@ import (
 	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sidemesh/sidemesh/discovery"
 )
@@ -43,8 +46,28 @@ type ServerOptions struct {
 	// Upstreams lists the services to serve with their settings.
 	Upstreams []Upstream
 	// GRPCOptions are passed to the gRPC server Serve creates (TLS
-	// credentials, keepalive).
+	// credentials, keepalive), after the control-plane sizing of
+	// ControlPlaneGRPCOptions.
 	GRPCOptions []grpc.ServerOption
+	// Debounce coalesces source changes: the first change after a push
+	// starts a timer, and every change until it fires makes one new
+	// snapshot. Zero rebuilds on every change.
+	Debounce time.Duration
+}
+
+// ControlPlaneGRPCOptions size grpc-go for many mostly idle streams: the
+// default per-connection 32 KB read and 32 KB write buffers dominate a
+// control plane's memory per client, and xDS messages are written whole,
+// so small buffers cost little. The windows stay at grpc-go's 64 KB
+// (a full EDS response fits without a window update).
+func ControlPlaneGRPCOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ReadBufferSize(4 << 10),
+		grpc.WriteBufferSize(4 << 10),
+		grpc.SharedWriteBuffer(true),
+		grpc.InitialWindowSize(64 << 10),
+		grpc.InitialConnWindowSize(64 << 10),
+	}
 }
 
 // Server is the embedded xDS server: a go-control-plane snapshot cache fed
@@ -53,7 +76,12 @@ type ServerOptions struct {
 //
 // Every change the source reports for a served service (a snapshot with
 // different endpoints, a resource error) and every SetSettings call makes
-// exactly one new snapshot version, set for all nodes at once.
+// one new snapshot, set for all nodes at once (after Debounce, when set).
+// Each resource type has its own version, a hash of its content: an
+// endpoint change moves only the EDS version (SotW clients get only EDS;
+// delta clients only the changed assignments), a settings change only
+// CDS, and two servers with the same state serve the same versions, so a
+// client moving between replicas receives nothing new.
 //
 // Concurrency: all methods are safe for concurrent use. Source callbacks
 // and SetSettings serialise on one mutex; the snapshot cache and the gRPC
@@ -75,8 +103,12 @@ type Server struct {
 	watches  map[string]func()
 	snaps    map[string]*discovery.Snapshot
 	batching int
-	version  uint64
+	version  string // hash of the per-type versions ("" before the first)
+	versions map[string]string
+	pushes   uint64 // snapshots set
 	stopped  bool
+	debounce time.Duration
+	pending  *time.Timer // debounce timer armed, nil when idle
 	grpcs    []*grpc.Server
 
 	cb serverCallbacks
@@ -97,7 +129,8 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	s := &Server{
 		log:      log,
 		src:      opts.Source,
-		gopts:    opts.GRPCOptions,
+		gopts:    append(ControlPlaneGRPCOptions(), opts.GRPCOptions...),
+		debounce: opts.Debounce,
 		ctx:      ctx,
 		cancel:   cancel,
 		settings: map[string]Upstream{},
@@ -207,12 +240,60 @@ func (s *Server) update(service string, snap *discovery.Snapshot) {
 	} else {
 		s.snaps[service] = snap
 	}
-	if s.batching == 0 {
+	if s.batching > 0 {
+		return
+	}
+	if s.debounce <= 0 {
+		s.rebuildLocked()
+		return
+	}
+	if s.pending == nil {
+		s.pending = time.AfterFunc(s.debounce, s.flush)
+	}
+}
+
+// flush is the debounce timer: one rebuild for the changes since it was
+// armed.
+func (s *Server) flush() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = nil
+	if !s.stopped {
 		s.rebuildLocked()
 	}
 }
 
+// contentVersion is a resource type's version: a hash of its resources
+// (sorted by name, deterministic encoding), so that it changes exactly
+// when the content does and is the same on every replica.
+func contentVersion(items []types.Resource) string {
+	sorted := make([]types.Resource, len(items))
+	copy(sorted, items)
+	sort.Slice(sorted, func(i, j int) bool { return cache.GetResourceName(sorted[i]) < cache.GetResourceName(sorted[j]) })
+	h := sha256.New()
+	mo := proto.MarshalOptions{Deterministic: true}
+	var buf []byte
+	for _, r := range sorted {
+		var err error
+		buf, err = mo.MarshalAppend(buf[:0], r)
+		if err != nil {
+			// Translated resources always marshal; hash the name so
+			// the version still moves with the set.
+			buf = append(buf[:0], cache.GetResourceName(r)...)
+		}
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(buf)))
+		h.Write(n[:])
+		h.Write(buf)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
 func (s *Server) rebuildLocked() {
+	if s.pending != nil {
+		s.pending.Stop()
+		s.pending = nil
+	}
 	list := make([]Upstream, 0, len(s.settings))
 	for _, cs := range s.settings {
 		list = append(list, cs)
@@ -221,12 +302,25 @@ func (s *Server) rebuildLocked() {
 	if err != nil {
 		s.log.Warn("some endpoints cannot be served", "err", err)
 	}
-	version := strconv.FormatUint(s.version+1, 10)
-	snap, err := cache.NewSnapshot(version, res)
-	if err == nil {
-		err = consistent(snap)
+	snap := &cache.Snapshot{}
+	versions := make(map[string]string, len(res))
+	typeURLs := make([]string, 0, len(res))
+	for typ, items := range res {
+		v := contentVersion(items)
+		snap.Resources[cache.GetResponseType(typ)] = cache.NewResources(v, items)
+		versions[typ] = v
+		typeURLs = append(typeURLs, typ)
 	}
-	if err != nil {
+	sort.Strings(typeURLs)
+	all := sha256.New()
+	for _, typ := range typeURLs {
+		all.Write([]byte(typ + "=" + versions[typ] + "\n"))
+	}
+	version := hex.EncodeToString(all.Sum(nil)[:8])
+	if version == s.version {
+		return // same content: nothing to push
+	}
+	if err := consistent(snap); err != nil {
 		// Resources builds consistent snapshots by construction; this
 		// is a programming error, and the last good snapshot stays.
 		s.log.Error("snapshot not set", "version", version, "err", err)
@@ -236,7 +330,8 @@ func (s *Server) rebuildLocked() {
 		s.log.Error("snapshot not set", "version", version, "err", err)
 		return
 	}
-	s.version++
+	s.version, s.versions = version, versions
+	s.pushes++
 	s.log.Debug("snapshot set", "version", version, "services", len(list))
 }
 
@@ -280,11 +375,23 @@ func consistent(snap *cache.Snapshot) error {
 	return nil
 }
 
-// Version is the version of the snapshot being served ("1" after NewServer).
+// Version identifies the snapshot being served: a hash of the per-type
+// versions (see Versions).
 func (s *Server) Version() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return strconv.FormatUint(s.version, 10)
+	return s.version
+}
+
+// Versions returns the version served per type URL.
+func (s *Server) Versions() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]string, len(s.versions))
+	for k, v := range s.versions {
+		out[k] = v
+	}
+	return out
 }
 
 // Cache exposes the snapshot cache (read-only use: GetSnapshot, status).
@@ -326,6 +433,10 @@ func (s *Server) Stop() {
 		return
 	}
 	s.stopped = true
+	if s.pending != nil {
+		s.pending.Stop()
+		s.pending = nil
+	}
 	watches, grpcs := s.watches, s.grpcs
 	s.watches, s.grpcs = map[string]func(){}, nil
 	s.mu.Unlock()
@@ -340,13 +451,15 @@ func (s *Server) Stop() {
 
 // ServerStats is what /config_dump shows of the server.
 type ServerStats struct {
-	Version  string    `json:"version"`
-	Services []string  `json:"services"`
-	Streams  int64     `json:"streams"` // open streams (SotW and delta)
-	Requests uint64    `json:"requests"`
-	ACKs     uint64    `json:"acks"`
-	NACKs    uint64    `json:"nacks"`
-	LastNACK *NACKInfo `json:"last_nack,omitempty"`
+	Version  string            `json:"version"`
+	Versions map[string]string `json:"versions"` // per type URL
+	Pushes   uint64            `json:"pushes"`   // snapshots set
+	Services []string          `json:"services"`
+	Streams  int64             `json:"streams"` // open streams (SotW and delta)
+	Requests uint64            `json:"requests"`
+	ACKs     uint64            `json:"acks"`
+	NACKs    uint64            `json:"nacks"`
+	LastNACK *NACKInfo         `json:"last_nack,omitempty"`
 }
 
 // NACKInfo describes one rejected response.
@@ -362,7 +475,10 @@ type NACKInfo struct {
 // Stats returns counters and the last NACK any node sent.
 func (s *Server) Stats() ServerStats {
 	s.mu.Lock()
-	st := ServerStats{Version: strconv.FormatUint(s.version, 10)}
+	st := ServerStats{Version: s.version, Pushes: s.pushes, Versions: make(map[string]string, len(s.versions))}
+	for k, v := range s.versions {
+		st.Versions[k] = v
+	}
 	for name := range s.settings {
 		st.Services = append(st.Services, name)
 	}

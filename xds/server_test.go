@@ -2,8 +2,11 @@ package xds
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -20,7 +23,10 @@ import (
 	"github.com/sidemesh/sidemesh/upstream"
 )
 
-func TestServerOneVersionPerChange(t *testing.T) {
+// Each resource type has its own version, a hash of its content: a
+// change moves only the versions of the types it changes, and unchanged
+// content keeps them.
+func TestServerVersionsPerTypeFromContent(t *testing.T) {
 	src := &fakeSource{}
 	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}))
 	src.Publish(mustSnap(t, "web", 1, discovery.Endpoint{Address: "127.0.0.1:8001", Weight: 1}))
@@ -30,46 +36,70 @@ func TestServerOneVersionPerChange(t *testing.T) {
 	}
 	defer srv.Stop()
 
-	check := func(step, want string) {
+	all := []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
+	prev := map[string]string{}
+	var pushes uint64
+	// check asserts that exactly the types in moved changed version
+	// since the last check, and that the cache serves those versions.
+	check := func(step string, moved ...string) {
 		t.Helper()
-		if got := srv.Version(); got != want {
-			t.Fatalf("%s: Version() = %q, want %q", step, got, want)
-		}
 		rs, err := srv.Cache().GetSnapshot(snapshotKey)
 		if err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
 		snap := rs.(*cache.Snapshot)
-		for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType} {
-			if v := snap.GetVersion(typ); v != want {
-				t.Fatalf("%s: %s version %q, want %q", step, typ, v, want)
-			}
-		}
 		if err := consistent(snap); err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
+		now := srv.Versions()
+		for _, typ := range all {
+			if now[typ] == "" || snap.GetVersion(typ) != now[typ] {
+				t.Fatalf("%s: %s version %q, cache has %q", step, typ, now[typ], snap.GetVersion(typ))
+			}
+			want := slices.Contains(moved, typ)
+			if got := now[typ] != prev[typ]; got != want {
+				t.Errorf("%s: %s version changed = %v, want %v (%q -> %q)", step, typ, got, want, prev[typ], now[typ])
+			}
+		}
+		wantPushes := pushes
+		if len(moved) > 0 {
+			wantPushes++
+		}
+		if got := srv.Stats().Pushes; got != wantPushes {
+			t.Errorf("%s: %d pushes, want %d", step, got, wantPushes)
+		}
+		prev, pushes = now, srv.Stats().Pushes
 	}
-	check("two initial snapshots", "1")
+	check("two initial snapshots", all...)
 
 	src.Publish(mustSnap(t, "api", 2, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 4}))
-	check("weight change", "2")
+	check("weight change", resource.EndpointType)
 
 	src.Publish(mustSnap(t, "api", 3, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 4}))
-	check("same endpoints again", "2")
+	check("same endpoints again")
 
 	src.ResourceError("web", discovery.ErrNotFound)
-	check("web gone", "3")
+	check("web gone", resource.EndpointType)
 	rs, _ := srv.Cache().GetSnapshot(snapshotKey)
 	if cla := rs.GetResources(resource.EndpointType)["web"].(*endpointv3.ClusterLoadAssignment); len(cla.Endpoints) != 0 {
 		t.Fatalf("web after a resource error: %v, want no endpoints", cla)
 	}
 
+	if err := srv.SetSettings([]Upstream{{Service: "api", Settings: upstream.Settings{LBPolicy: balancer.LeastRequest}}, {Service: "web"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("lb policy of api changed", resource.ClusterType)
+	if err := srv.SetSettings([]Upstream{{Service: "api", Settings: upstream.Settings{LBPolicy: balancer.LeastRequest}}, {Service: "web"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("same settings again")
+
 	if err := srv.SetSettings([]Upstream{{Service: "api", Settings: upstream.Settings{LBPolicy: balancer.LeastRequest}}, {Service: "db"}}); err != nil {
 		t.Fatal(err)
 	}
-	check("settings replaced", "4")
+	check("web replaced by db", all...)
 	src.Publish(mustSnap(t, "web", 4, discovery.Endpoint{Address: "127.0.0.1:8001", Weight: 9}))
-	check("change of a service no longer served", "4")
+	check("change of a service no longer served")
 	if got := srv.Stats().Services; strings.Join(got, ",") != "api,db" {
 		t.Fatalf("services = %v, want api,db", got)
 	}
@@ -83,7 +113,52 @@ func TestServerOneVersionPerChange(t *testing.T) {
 			t.Errorf("SetSettings(%+v) = nil, want an error", bad)
 		}
 	}
-	check("rejected settings", "4")
+	check("rejected settings")
+
+	// A second server with the same state (another replica) serves the
+	// same versions.
+	other, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{{Service: "db"}, {Service: "api", Settings: upstream.Settings{LBPolicy: balancer.LeastRequest}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Stop()
+	if a, b := srv.Versions(), other.Versions(); !maps.Equal(a, b) || srv.Version() != other.Version() {
+		t.Fatalf("replicas with the same state serve different versions: %v vs %v", a, b)
+	}
+}
+
+// Source changes within the debounce interval make one push.
+func TestServerDebounce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &fakeSource{}
+		src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}))
+		srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{{Service: "api"}}, Debounce: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Stop()
+		if p := srv.Stats().Pushes; p != 1 {
+			t.Fatalf("%d pushes after NewServer, want 1", p)
+		}
+		first := srv.Version()
+		for w := uint32(2); w <= 6; w++ {
+			src.Publish(mustSnap(t, "api", uint64(w), discovery.Endpoint{Address: "127.0.0.1:7001", Weight: w}))
+			time.Sleep(5 * time.Millisecond)
+		}
+		if p, v := srv.Stats().Pushes, srv.Version(); p != 1 || v != first {
+			t.Fatalf("within the debounce interval: %d pushes, version %s, want 1 and %s", p, v, first)
+		}
+		time.Sleep(50 * time.Millisecond)
+		synctest.Wait()
+		if p := srv.Stats().Pushes; p != 2 {
+			t.Fatalf("after the debounce interval: %d pushes, want 2", p)
+		}
+		rs, _ := srv.Cache().GetSnapshot(snapshotKey)
+		cla := rs.GetResources(resource.EndpointType)["api"].(*endpointv3.ClusterLoadAssignment)
+		if w := cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight.GetValue(); w != 6 {
+			t.Fatalf("weight %d after the burst, want the last (6)", w)
+		}
+	})
 }
 
 func nodeProto(id string) *corev3.Node { return &corev3.Node{Id: id} }
@@ -126,7 +201,8 @@ func TestServerDoesNotResendNACKedVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetVersionInfo() != "1" || len(resp.GetResources()) != 1 {
+	firstVersion := resp.GetVersionInfo()
+	if firstVersion != srv.Versions()[resource.EndpointType] || len(resp.GetResources()) != 1 {
 		t.Fatalf("first response: version %q, %d resources", resp.GetVersionInfo(), len(resp.GetResources()))
 	}
 	nack := &discoveryv3.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: []string{"api"},
@@ -140,8 +216,8 @@ func TestServerDoesNotResendNACKedVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetVersionInfo() != "2" {
-		t.Fatalf("response after the NACK has version %q, want 2 (the NACKed 1 must not come back)", resp.GetVersionInfo())
+	if resp.GetVersionInfo() == firstVersion || resp.GetVersionInfo() != srv.Versions()[resource.EndpointType] {
+		t.Fatalf("response after the NACK has version %q, want the new %q (the NACKed %q must not come back)", resp.GetVersionInfo(), srv.Versions()[resource.EndpointType], firstVersion)
 	}
 	cla := &endpointv3.ClusterLoadAssignment{}
 	if err := resp.GetResources()[0].UnmarshalTo(cla); err != nil {
@@ -151,7 +227,7 @@ func TestServerDoesNotResendNACKedVersion(t *testing.T) {
 		t.Fatalf("weight %d, want 6", w)
 	}
 	stats := srv.Stats()
-	if stats.LastNACK == nil || stats.LastNACK.Detail != "test: rejected" || stats.LastNACK.Version != "1" || stats.LastNACK.Node != "n1" {
+	if stats.LastNACK == nil || stats.LastNACK.Detail != "test: rejected" || stats.LastNACK.Version != firstVersion || stats.LastNACK.Node != "n1" {
 		t.Fatalf("LastNACK = %+v, want detail, version 1 and node n1", stats.LastNACK)
 	}
 }
