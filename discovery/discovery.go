@@ -16,6 +16,15 @@ var (
 	ErrSourceClosed = errors.New("discovery: source closed")
 )
 
+// Catalog is implemented by sources that can list every service they know,
+// so that a fleet control plane serves them all.
+type Catalog interface {
+	// WatchServices calls f with the sorted names of every service the
+	// source knows: at once when they are known, then after each change
+	// of the set, one call at a time, until cancel.
+	WatchServices(f func(services []string)) (cancel func())
+}
+
 // Health is the health an endpoint has according to its source (not the
 // sidecar's own view, which adds ejections and active health checks).
 type Health uint8

@@ -34,6 +34,10 @@ type Config struct {
 	Drain       *DrainConfig    `yaml:"drain"`
 	MTLS        *MTLSConfig     `yaml:"mtls"`
 	LogLevel    string          `yaml:"log_level"`
+	Metrics     MetricsConfig   `yaml:"metrics"`
+	// Defaults (only in `sidemesh xds -c`) are the upstream settings of
+	// every served service; upstreams[] entries override them.
+	Defaults *upstream.Settings `yaml:"defaults"`
 	source      string          // file name, for messages
 }
 
@@ -69,6 +73,19 @@ type XDSServer struct {
 	// TLS makes the xDS server serve TLS and require client certificates
 	// signed by its ca_file (only mesh members read the stream).
 	TLS *XDSServerTLS `yaml:"tls"`
+	// Debounce coalesces source changes into one push (default 50ms).
+	Debounce *time.Duration `yaml:"debounce"`
+}
+
+// DefaultXDSDebounce is xds_server.debounce's default.
+const DefaultXDSDebounce = 50 * time.Millisecond
+
+// MetricsConfig shapes /metrics.
+type MetricsConfig struct {
+	// PerEndpoint adds the endpoint label to sidemesh_upstream_rq_total
+	// (one series per endpoint and class); off, the series are per
+	// upstream and per-endpoint counters are on /clusters only.
+	PerEndpoint bool `yaml:"per_endpoint"`
 }
 
 // Transparent is the iptables-redirected outbound listener.
@@ -147,6 +164,13 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Tracing != nil {
 		c.Tracing.SetDefaults()
+	}
+	if c.XDSServer != nil && c.XDSServer.Debounce == nil {
+		d := DefaultXDSDebounce
+		c.XDSServer.Debounce = &d
+	}
+	if c.Defaults != nil {
+		c.Defaults.SetDefaults()
 	}
 	if c.Drain == nil {
 		c.Drain = &DrainConfig{}
@@ -280,6 +304,9 @@ func (c *Config) Validate() error {
 		}
 		if err := c.XDSServer.TLS.validate("xds_server.tls"); err != nil {
 			return err
+		}
+		if d := c.XDSServer.Debounce; d != nil && *d <= 0 {
+			return bad("xds_server.debounce", *d, "must be > 0")
 		}
 	}
 	if err := c.validateMTLS(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 // snapshotKey is the one cache key every node maps to: all nodes get the
@@ -45,6 +47,12 @@ type ServerOptions struct {
 	Source discovery.Source
 	// Upstreams lists the services to serve with their settings.
 	Upstreams []Upstream
+	// ServeCatalog, with a Source that is a discovery.Catalog, also serves
+	// every service the source knows; those not in Upstreams get Defaults.
+	ServeCatalog bool
+	// Defaults are the settings of catalog services not in Upstreams
+	// (nil: upstream.Settings defaults).
+	Defaults *upstream.Settings
 	// GRPCOptions are passed to the gRPC server Serve creates (TLS
 	// credentials, keepalive), after the control-plane sizing of
 	// ControlPlaneGRPCOptions.
@@ -98,8 +106,13 @@ type Server struct {
 
 	setMu sync.Mutex // serialises SetSettings and Stop
 
+	defaults      upstream.Settings
+	catalogCancel func()
+
 	mu       sync.Mutex
-	settings map[string]Upstream
+	explicit map[string]Upstream // from SetSettings
+	catalog  []string            // services of the source (ServeCatalog)
+	settings map[string]Upstream // served: explicit, then catalog with defaults
 	watches  map[string]func()
 	snaps    map[string]*discovery.Snapshot
 	batching int
@@ -134,6 +147,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		settings: map[string]Upstream{},
+		explicit: map[string]Upstream{},
 		watches:  map[string]func(){},
 		snaps:    map[string]*discovery.Snapshot{},
 	}
@@ -141,11 +155,51 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	s.cb.last = map[int64]map[string]sentResponse{}
 	s.cache = cache.NewSnapshotCache(false, constHash{}, slogAdapter(log))
 	s.xds = newHandlers(ctx, s.cache, &s.cb)
+	if opts.Defaults != nil {
+		s.defaults = *opts.Defaults
+		if err := s.defaults.Validate("defaults"); err != nil {
+			cancel()
+			return nil, fmt.Errorf("%w: %w", ErrInvalidSettings, err)
+		}
+	} else {
+		s.defaults.SetDefaults()
+	}
 	if err := s.SetSettings(opts.Upstreams); err != nil {
 		cancel()
 		return nil, err
 	}
+	if cat, ok := opts.Source.(discovery.Catalog); ok && opts.ServeCatalog {
+		s.catalogCancel = cat.WatchServices(s.setCatalog)
+	}
 	return s, nil
+}
+
+// setCatalog is the source's list of services changing.
+func (s *Server) setCatalog(services []string) {
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.catalog = slices.Clone(services)
+	next := s.servedLocked(s.explicit)
+	s.mu.Unlock()
+	s.apply(next)
+}
+
+// servedLocked is what to serve: the explicit upstreams, and every catalog
+// service with the defaults.
+func (s *Server) servedLocked(explicit map[string]Upstream) map[string]Upstream {
+	next := make(map[string]Upstream, len(explicit)+len(s.catalog))
+	for _, name := range s.catalog {
+		next[name] = Upstream{Service: name, Settings: s.defaults}
+	}
+	for name, u := range explicit {
+		next[name] = u
+	}
+	return next
 }
 
 // SetSettings replaces the served services and their settings: services
@@ -164,7 +218,20 @@ func (s *Server) SetSettings(settings []Upstream) error {
 	}
 	s.setMu.Lock()
 	defer s.setMu.Unlock()
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.explicit = next
+	served := s.servedLocked(next)
+	s.mu.Unlock()
+	return s.apply(served)
+}
 
+// apply serves exactly next: watches of services no longer served end,
+// new ones start, and one snapshot follows. Callers hold setMu.
+func (s *Server) apply(next map[string]Upstream) error {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
@@ -433,6 +500,7 @@ func (s *Server) Stop() {
 		return
 	}
 	s.stopped = true
+	catalogCancel := s.catalogCancel
 	if s.pending != nil {
 		s.pending.Stop()
 		s.pending = nil
@@ -440,6 +508,9 @@ func (s *Server) Stop() {
 	watches, grpcs := s.watches, s.grpcs
 	s.watches, s.grpcs = map[string]func(){}, nil
 	s.mu.Unlock()
+	if catalogCancel != nil {
+		catalogCancel()
+	}
 	for _, cancel := range watches {
 		cancel()
 	}

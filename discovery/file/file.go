@@ -124,17 +124,24 @@ type Source struct {
 	mu       sync.Mutex
 	last     []byte
 	version  uint64
-	current  map[string]*discovery.Snapshot
+	current  map[string]*discovery.Snapshot // watched services (all with a catalog watcher)
+	names    []string                       // every service of the file, sorted
+	watched  map[string]int                 // watchers per service
+	catalog  map[int]func([]string)
+	nextCat  int
 	lastErr  error
 	loadedAt time.Time
 }
+
+var _ discovery.Catalog = (*Source)(nil)
 
 var _ discovery.Source = (*Source)(nil)
 
 // New reads the file once (an error here is fatal: there is no last good
 // data yet) and starts watching it.
 func New(path string, opts Options) (*Source, error) {
-	s := &Source{path: path, log: opts.Logger, every: opts.PollInterval, current: map[string]*discovery.Snapshot{}}
+	s := &Source{path: path, log: opts.Logger, every: opts.PollInterval, current: map[string]*discovery.Snapshot{},
+		watched: map[string]int{}, catalog: map[int]func([]string){}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -218,14 +225,33 @@ func (s *Source) load(data []byte) error {
 		s.mu.Unlock()
 		return err
 	}
+	names := make([]string, 0, len(parsed))
+	for svc := range parsed {
+		names = append(names, svc)
+	}
+	sort.Strings(names)
 	s.mu.Lock()
 	s.last = append(s.last[:0:0], data...)
 	s.lastErr = nil
 	s.version++
 	ver := s.version
+	namesChanged := !slices.Equal(names, s.names)
+	s.names = names
+	var catalog []func([]string)
+	if namesChanged {
+		for _, f := range s.catalog {
+			catalog = append(catalog, f)
+		}
+	}
+	// Only the services someone watches are kept (a sidecar's upstreams);
+	// with a catalog watcher (a control plane), all of them.
+	keep := func(svc string) bool { return len(s.catalog) > 0 || s.watched[svc] > 0 }
 	var publish []*discovery.Snapshot
 	var gone []string
 	for svc, eps := range parsed {
+		if !keep(svc) {
+			continue
+		}
 		snap, err := discovery.NewSnapshot(svc, ver, eps)
 		if err != nil { // Parse already validated; keep the guard honest
 			s.mu.Unlock()
@@ -244,6 +270,9 @@ func (s *Source) load(data []byte) error {
 		}
 	}
 	s.mu.Unlock()
+	for _, f := range catalog {
+		f(names)
+	}
 	for _, snap := range publish {
 		s.Publish(snap)
 	}
@@ -257,14 +286,90 @@ func (s *Source) load(data []byte) error {
 }
 
 // Watch implements discovery.Source. A service that the file does not name
-// gets a resource error at once.
+// gets a resource error at once. The first watch of a service the file
+// names but that was not kept reads it from the last good file.
 func (s *Source) Watch(service string, w discovery.Watcher) func() {
-	cancel := s.Fanout.Watch(service, w)
 	s.mu.Lock()
+	s.watched[service]++
 	_, ok := s.current[service]
+	var snap *discovery.Snapshot
+	if !ok {
+		snap = s.readLocked(service)
+		if snap != nil {
+			s.current[service] = snap
+		}
+	}
 	s.mu.Unlock()
-	if !ok && s.Fanout.Last(service) == nil {
+	if snap != nil {
+		s.Publish(snap)
+	}
+	cancel := s.Fanout.Watch(service, w)
+	if !ok && snap == nil && s.Fanout.Last(service) == nil {
 		w.OnResourceError(fmt.Errorf("%w: service %q is not in %s", discovery.ErrNotFound, service, s.path))
 	}
-	return cancel
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.watched[service]--; s.watched[service] <= 0 {
+				delete(s.watched, service)
+			}
+		})
+	}
+}
+
+// readLocked parses service's endpoints out of the last good file (nil if
+// it has none).
+func (s *Source) readLocked(service string) *discovery.Snapshot {
+	if !slices.Contains(s.names, service) {
+		return nil
+	}
+	parsed, err := Parse(s.path, s.last)
+	if err != nil {
+		return nil // the last file read was bad; the next good one publishes
+	}
+	snap, err := discovery.NewSnapshot(service, s.version, parsed[service])
+	if err != nil {
+		return nil
+	}
+	return snap
+}
+
+// WatchServices implements discovery.Catalog: f gets the file's services
+// now and after every load that changes the set. While a catalog watcher
+// exists, every service's endpoints are kept.
+func (s *Source) WatchServices(f func(services []string)) (cancel func()) {
+	s.mu.Lock()
+	id := s.nextCat
+	s.nextCat++
+	s.catalog[id] = f
+	names := slices.Clone(s.names)
+	data := s.last
+	s.mu.Unlock()
+	// Keep (and publish) every service from now on.
+	if parsed, err := Parse(s.path, data); err == nil {
+		s.mu.Lock()
+		var publish []*discovery.Snapshot
+		for svc, eps := range parsed {
+			if _, ok := s.current[svc]; ok {
+				continue
+			}
+			if snap, err := discovery.NewSnapshot(svc, s.version, eps); err == nil {
+				s.current[svc] = snap
+				publish = append(publish, snap)
+			}
+		}
+		s.mu.Unlock()
+		for _, snap := range publish {
+			s.Publish(snap)
+		}
+	}
+	f(names)
+	return func() {
+		s.mu.Lock()
+		delete(s.catalog, id)
+		s.mu.Unlock()
+	}
 }

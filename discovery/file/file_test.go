@@ -261,3 +261,58 @@ func TestNewFailsOnBadFile(t *testing.T) {
 		t.Fatal("missing file accepted")
 	}
 }
+
+// The source keeps only the services someone watches; a later Watch reads
+// its service from the last good file; a catalog watcher sees every service
+// and its changes, and makes the source keep them all.
+func TestSourceKeepsWatchedServicesAndLists(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ep.yaml")
+		write := func(doc string) {
+			if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write("services:\n  api: [{address: 127.0.0.1:7001}]\n  web: [{address: 127.0.0.1:8001, weight: 3}]\n")
+		s, err := New(path, Options{PollInterval: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		s.mu.Lock()
+		kept := len(s.current)
+		s.mu.Unlock()
+		if kept != 0 {
+			t.Fatalf("%d services kept with no watcher, want 0", kept)
+		}
+		var got *discovery.Snapshot
+		cancel := s.Watch("web", discovery.WatcherFuncs{Update: func(snap *discovery.Snapshot) { got = snap }})
+		defer cancel()
+		if got == nil || len(got.Endpoints) != 1 || got.Endpoints[0].Weight != 3 {
+			t.Fatalf("web on its first watch: %+v", got)
+		}
+		s.mu.Lock()
+		_, apiKept := s.current["api"]
+		s.mu.Unlock()
+		if apiKept {
+			t.Fatal("api kept although nobody watches it")
+		}
+
+		var lists [][]string
+		cancelCat := s.WatchServices(func(names []string) { lists = append(lists, names) })
+		defer cancelCat()
+		write("services:\n  api: [{address: 127.0.0.1:7001}]\n  web: [{address: 127.0.0.1:8001, weight: 3}]\n  db: [{address: 127.0.0.1:9001}]\n")
+		time.Sleep(1500 * time.Millisecond)
+		synctest.Wait()
+		want := "[[api web] [api db web]]"
+		if fmt.Sprint(lists) != want {
+			t.Fatalf("catalog calls %v, want %s", lists, want)
+		}
+		s.mu.Lock()
+		kept = len(s.current)
+		s.mu.Unlock()
+		if kept != 3 {
+			t.Fatalf("%d services kept with a catalog watcher, want 3", kept)
+		}
+	})
+}
