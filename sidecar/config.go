@@ -38,7 +38,7 @@ type Config struct {
 	// Defaults (only in `sidemesh xds -c`) are the upstream settings of
 	// every served service; upstreams[] entries override them.
 	Defaults *upstream.Settings `yaml:"defaults"`
-	source      string          // file name, for messages
+	source   string             // file name, for messages
 }
 
 // Service is the local app (the inbound side).
@@ -315,6 +315,11 @@ func (c *Config) Validate() error {
 	if c.Transparent != nil {
 		if err := validAddr("transparent.listen", c.Transparent.Listen); err != nil {
 			return err
+		}
+	}
+	if c.Defaults != nil {
+		if err := c.Defaults.Validate("defaults"); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
 	if c.Tracing != nil {

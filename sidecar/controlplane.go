@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/upstream"
@@ -17,13 +19,27 @@ import (
 
 // xdsUpstreams lists the upstreams the xDS server serves: each one's name
 // and its settings (defaults filled: effective values are served).
+// With a defaults block, each upstream's keys left out of the file take
+// the defaults' values.
 func xdsUpstreams(cfg *Config) []xds.Upstream {
 	out := make([]xds.Upstream, 0, len(cfg.Upstreams))
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
-		out = append(out, xds.Upstream{Service: u.Service, Settings: u.Settings})
+		settings := u.Settings
+		if cfg.Defaults != nil {
+			settings = upstream.Merge(u.Settings, *cfg.Defaults, u.IsSet)
+		}
+		out = append(out, xds.Upstream{Service: u.Service, Settings: settings})
 	}
 	return out
+}
+
+// xdsDebounce is xds_server.debounce (defaults filled by SetDefaults).
+func xdsDebounce(cfg *Config) time.Duration {
+	if cfg.XDSServer == nil || cfg.XDSServer.Debounce == nil {
+		return DefaultXDSDebounce
+	}
+	return *cfg.XDSServer.Debounce
 }
 
 // startXDSServer binds xds_server.listen (when configured) and serves the
@@ -37,7 +53,7 @@ func (s *Sidecar) startXDSServer() error {
 	if err != nil {
 		return err
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: s.log, Source: s.src, Upstreams: xdsUpstreams(s.cfg)})
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: s.log, Source: s.src, Upstreams: xdsUpstreams(s.cfg), Debounce: xdsDebounce(s.cfg)})
 	if err != nil {
 		ln.Close()
 		return err
@@ -82,7 +98,9 @@ func (s *Sidecar) watchClusterSettings() {
 }
 
 // ControlPlane is `sidemesh xds`: the configured discovery source feeding
-// the embedded xDS server, with nothing else.
+// the embedded xDS server, with nothing else. It serves every service the
+// source knows (Consul's catalog, every service of the endpoints file):
+// upstreams[] set per-service settings, defaults those of all others.
 type ControlPlane struct {
 	cfg  *Config
 	log  *slog.Logger
@@ -90,6 +108,9 @@ type ControlPlane struct {
 	srv  *xds.Server
 	ln   net.Listener
 	done chan struct{}
+
+	admin   *http.Server
+	adminLn net.Listener
 }
 
 // NewControlPlane builds the xDS server from a config (discovery + upstreams).
@@ -104,7 +125,8 @@ func NewControlPlane(cfg *Config, log *slog.Logger) (*ControlPlane, error) {
 	if src == nil {
 		return nil, fmt.Errorf("%w: discovery: set file or consul as the xDS server's source of truth", ErrConfig)
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Source: src, Upstreams: xdsUpstreams(cfg)})
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Source: src, Upstreams: xdsUpstreams(cfg),
+		Debounce: xdsDebounce(cfg), ServeCatalog: true, Defaults: cfg.Defaults})
 	if err != nil {
 		src.Close()
 		return nil, err
@@ -134,6 +156,9 @@ func (cp *ControlPlane) Addr() string { return cp.ln.Addr().String() }
 
 // Stop stops serving and closes the source.
 func (cp *ControlPlane) Stop(ctx context.Context) {
+	if cp.admin != nil {
+		_ = cp.admin.Shutdown(ctx)
+	}
 	cp.srv.Stop()
 	if cp.done != nil {
 		select {

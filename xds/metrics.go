@@ -3,6 +3,8 @@ package xds
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -52,13 +54,33 @@ func WriteServerMetrics(w io.Writer, st ServerStats) error {
 		v                any
 	}{
 		{"sidemesh_xds_server_pushes_total", "counter", "Snapshots set (each one a push to the clients whose resources changed).", st.Pushes},
-		{"sidemesh_xds_server_streams", "gauge", "Open xDS streams.", st.Streams},
+		{"sidemesh_xds_server_streams", "gauge", "Open xDS streams (connected clients).", st.Streams},
 		{"sidemesh_xds_server_requests_total", "counter", "xDS requests received.", st.Requests},
 		{"sidemesh_xds_server_acks_total", "counter", "ACKs received.", st.ACKs},
 		{"sidemesh_xds_server_nacks_total", "counter", "NACKs received.", st.NACKs},
 	} {
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", m.name, m.help, m.name, m.kind, m.name, m.v)
 	}
+	for _, m := range []struct {
+		name, help string
+		by         map[string]uint64
+	}{
+		{"sidemesh_xds_server_responses_total", "xDS responses sent, by type.", st.Responses},
+		{"sidemesh_xds_server_acks_by_type_total", "ACKs received, by type.", st.ACKsByType},
+		{"sidemesh_xds_server_nacks_by_type_total", "NACKs received, by type.", st.NACKsByType},
+	} {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s counter\n", m.name, m.help, m.name)
+		for _, t := range slices.Sorted(maps.Keys(m.by)) {
+			fmt.Fprintf(&b, "%s{type=%q} %d\n", m.name, typeLabel(t), m.by[t])
+		}
+	}
+	h := st.PushLatency
+	const hn = "sidemesh_xds_server_push_latency_seconds"
+	fmt.Fprintf(&b, "# HELP %s Time from a snapshot set to each response carrying it.\n# TYPE %s histogram\n", hn, hn)
+	for i, le := range h.Buckets {
+		fmt.Fprintf(&b, "%s_bucket{le=\"%g\"} %d\n", hn, le, h.Counts[i])
+	}
+	fmt.Fprintf(&b, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %g\n%s_count %d\n", hn, h.Count, hn, h.Sum, hn, h.Count)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -393,6 +394,13 @@ func (s *Server) rebuildLocked() {
 		s.log.Error("snapshot not set", "version", version, "err", err)
 		return
 	}
+	var moved []string
+	for typ, v := range versions {
+		if s.versions[typ] != v {
+			moved = append(moved, typ)
+		}
+	}
+	s.cb.pushed(moved, time.Now())
 	if err := s.cache.SetSnapshot(s.ctx, snapshotKey, snap); err != nil {
 		s.log.Error("snapshot not set", "version", version, "err", err)
 		return
@@ -531,6 +539,20 @@ type ServerStats struct {
 	ACKs     uint64            `json:"acks"`
 	NACKs    uint64            `json:"nacks"`
 	LastNACK *NACKInfo         `json:"last_nack,omitempty"`
+	// Per type URL: responses sent, ACKs and NACKs received.
+	Responses   map[string]uint64 `json:"responses_by_type,omitempty"`
+	ACKsByType  map[string]uint64 `json:"acks_by_type,omitempty"`
+	NACKsByType map[string]uint64 `json:"nacks_by_type,omitempty"`
+	// PushLatency: from a snapshot set to each response carrying it.
+	PushLatency LatencyHistogram `json:"-"`
+}
+
+// LatencyHistogram is a cumulative histogram in seconds.
+type LatencyHistogram struct {
+	Buckets []float64 // upper bounds
+	Counts  []uint64  // cumulative, one per bucket
+	Sum     float64
+	Count   uint64
 }
 
 // NACKInfo describes one rejected response.
@@ -564,7 +586,17 @@ func (s *Server) Stats() ServerStats {
 		n := *s.cb.lastNACK
 		st.LastNACK = &n
 	}
+	st.Responses = maps.Clone(s.cb.sentByType)
+	st.ACKsByType = maps.Clone(s.cb.acksByType)
+	st.NACKsByType = maps.Clone(s.cb.nacksByType)
+	h := s.cb.latency
 	s.cb.mu.Unlock()
+	st.PushLatency = LatencyHistogram{Buckets: latencyBuckets[:], Counts: make([]uint64, len(latencyBuckets)), Sum: h.sum, Count: h.n}
+	var cum uint64
+	for i := range latencyBuckets {
+		cum += h.counts[i]
+		st.PushLatency.Counts[i] = cum
+	}
 	return st
 }
 
@@ -580,23 +612,155 @@ type serverCallbacks struct {
 	acks     atomic.Uint64
 	nacks    atomic.Uint64
 
-	mu       sync.Mutex
-	last     map[int64]map[string]sentResponse
-	lastNACK *NACKInfo
+	mu          sync.Mutex
+	last        map[int64]map[string]sentResponse
+	lastNACK    *NACKInfo
+	clients     map[int64]*clientState
+	pushedAt    map[string]time.Time // per type URL: when its current version was set
+	latency     histogram            // snapshot set → response sent
+	sentByType  map[string]uint64
+	acksByType  map[string]uint64
+	nacksByType map[string]uint64
+}
+
+// clientState is one stream's view for /clients.
+type clientState struct {
+	node      string
+	delta     bool
+	connected time.Time
+	acked     map[string]string // type URL → version ACKed
+	lastNACK  *NACKInfo
+}
+
+// ClientInfo is one connected stream as /clients shows it.
+type ClientInfo struct {
+	Node      string            `json:"node"`
+	Stream    int64             `json:"stream"`
+	Delta     bool              `json:"delta"`
+	Connected time.Time         `json:"connected"`
+	ACKed     map[string]string `json:"acked"` // type URL → version
+	LastNACK  *NACKInfo         `json:"last_nack,omitempty"`
+}
+
+// Clients lists the connected streams, by node id then stream.
+func (s *Server) Clients() []ClientInfo {
+	c := &s.cb
+	c.mu.Lock()
+	out := make([]ClientInfo, 0, len(c.clients))
+	for id, st := range c.clients {
+		ci := ClientInfo{Node: st.node, Stream: id, Delta: st.delta, Connected: st.connected, ACKed: maps.Clone(st.acked)}
+		if ci.ACKed == nil {
+			ci.ACKed = map[string]string{}
+		}
+		if st.lastNACK != nil {
+			n := *st.lastNACK
+			ci.LastNACK = &n
+		}
+		out = append(out, ci)
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].Stream < out[j].Stream
+	})
+	return out
+}
+
+// histogram is a fixed-bucket latency histogram (seconds).
+type histogram struct {
+	counts [len(latencyBuckets) + 1]uint64
+	sum    float64
+	n      uint64
+}
+
+var latencyBuckets = [...]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+func (h *histogram) observe(v float64) {
+	i := sort.SearchFloat64s(latencyBuckets[:], v)
+	h.counts[i]++
+	h.sum += v
+	h.n++
+}
+
+func (c *serverCallbacks) open(id int64, delta bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.clients == nil {
+		c.clients = map[int64]*clientState{}
+	}
+	c.clients[id] = &clientState{delta: delta, connected: time.Now(), acked: map[string]string{}}
+}
+
+func (c *serverCallbacks) closed(id int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.clients, id)
+	delete(c.last, id)
+}
+
+// request records the node, and an ACK or NACK of typeURL; c.mu held.
+func (c *serverCallbacks) requestLocked(id int64, node *corev3.Node, typeURL, ackVersion string, nack *NACKInfo, isReply bool) {
+	st := c.clients[id]
+	if st == nil {
+		return
+	}
+	if node.GetId() != "" {
+		st.node = node.GetId()
+	}
+	if !isReply {
+		return
+	}
+	if nack != nil {
+		st.lastNACK = nack
+		inc(&c.nacksByType, typeURL)
+		return
+	}
+	inc(&c.acksByType, typeURL)
+	if ackVersion != "" {
+		st.acked[typeURL] = ackVersion
+	}
+}
+
+func inc(m *map[string]uint64, k string) {
+	if *m == nil {
+		*m = map[string]uint64{}
+	}
+	(*m)[k]++
+}
+
+// responseLocked records a response sent; c.mu held.
+func (c *serverCallbacks) responseLocked(typeURL string) {
+	inc(&c.sentByType, typeURL)
+	if at, ok := c.pushedAt[typeURL]; ok {
+		c.latency.observe(time.Since(at).Seconds())
+	}
+}
+
+// pushed records when a type's new version was set.
+func (c *serverCallbacks) pushed(types []string, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pushedAt == nil {
+		c.pushedAt = map[string]time.Time{}
+	}
+	for _, t := range types {
+		c.pushedAt[t] = at
+	}
 }
 
 var _ callbacks = (*serverCallbacks)(nil)
 
-func (c *serverCallbacks) OnStreamOpen(context.Context, int64, string) error {
+func (c *serverCallbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
 	c.streams.Add(1)
+	c.open(id, false)
 	return nil
 }
 
 func (c *serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	c.streams.Add(-1)
-	c.mu.Lock()
-	delete(c.last, id)
-	c.mu.Unlock()
+	c.closed(id)
 }
 
 // OnStreamRequest counts the request. A NACK names the last good version;
@@ -607,10 +771,16 @@ func (c *serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 func (c *serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	c.requests.Add(1)
 	if req.GetResponseNonce() == "" {
+		c.mu.Lock()
+		c.requestLocked(id, req.GetNode(), req.GetTypeUrl(), "", nil, false)
+		c.mu.Unlock()
 		return nil
 	}
 	if req.GetErrorDetail() == nil {
 		c.acks.Add(1)
+		c.mu.Lock()
+		c.requestLocked(id, req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), nil, true)
+		c.mu.Unlock()
 		return nil
 	}
 	c.nacks.Add(1)
@@ -629,6 +799,7 @@ func (c *serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRe
 		req.VersionInfo = sent.version
 	}
 	c.lastNACK = n
+	c.requestLocked(id, req.GetNode(), req.GetTypeUrl(), "", n, true)
 	c.log.Warn("xDS response rejected", "node", n.Node, "type", n.TypeURL, "version", n.Version, "detail", n.Detail)
 	return nil
 }
@@ -642,39 +813,63 @@ func (c *serverCallbacks) OnStreamResponse(_ context.Context, id int64, _ *disco
 		c.last[id] = m
 	}
 	m[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
+	c.responseLocked(resp.GetTypeUrl())
 }
 
-func (c *serverCallbacks) OnDeltaStreamOpen(context.Context, int64, string) error {
+func (c *serverCallbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
 	c.streams.Add(1)
+	c.open(id, true)
 	return nil
 }
 
-func (c *serverCallbacks) OnDeltaStreamClosed(int64, *corev3.Node) { c.streams.Add(-1) }
+func (c *serverCallbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	c.streams.Add(-1)
+	c.closed(id)
+}
 
-func (c *serverCallbacks) OnStreamDeltaRequest(_ int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+func (c *serverCallbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	c.requests.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if req.GetResponseNonce() == "" {
+		c.requestLocked(id, req.GetNode(), req.GetTypeUrl(), "", nil, false)
 		return nil
+	}
+	sent := c.last[id][req.GetTypeUrl()]
+	version := ""
+	if sent.nonce == req.GetResponseNonce() {
+		version = sent.version
 	}
 	if req.GetErrorDetail() == nil {
 		c.acks.Add(1)
+		c.requestLocked(id, req.GetNode(), req.GetTypeUrl(), version, nil, true)
 		return nil
 	}
 	c.nacks.Add(1)
-	c.mu.Lock()
 	c.lastNACK = &NACKInfo{
 		Node:    req.GetNode().GetId(),
 		TypeURL: req.GetTypeUrl(),
+		Version: version,
 		Nonce:   req.GetResponseNonce(),
 		Detail:  req.GetErrorDetail().GetMessage(),
 		Time:    time.Now(),
 	}
-	c.mu.Unlock()
+	n := *c.lastNACK
+	c.requestLocked(id, req.GetNode(), req.GetTypeUrl(), "", &n, true)
 	c.log.Warn("xDS delta response rejected", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(), "detail", req.GetErrorDetail().GetMessage())
 	return nil
 }
 
-func (c *serverCallbacks) OnStreamDeltaResponse(int64, *discoveryv3.DeltaDiscoveryRequest, *discoveryv3.DeltaDiscoveryResponse) {
+func (c *serverCallbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.last[id]
+	if m == nil {
+		m = map[string]sentResponse{}
+		c.last[id] = m
+	}
+	m[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
+	c.responseLocked(resp.GetTypeUrl())
 }
 
 // slogAdapter routes go-control-plane's logging to slog. Its Debugf runs

@@ -13,12 +13,15 @@ import (
 	"github.com/sidemesh/sidemesh/sidecar"
 )
 
-// cmdXDS runs only the xDS server: the config's discovery source feeds it,
-// its upstreams list the clusters it serves (listeners are not bound).
+// cmdXDS runs only the xDS server: the config's discovery source feeds it
+// and it serves every service the source knows (defaults: settings for
+// all, upstreams: per service; listeners are not bound), with an admin
+// listener (/ready, /metrics, /config_dump, /clients).
 func cmdXDS(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("xds", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "", "config file (YAML)")
+	adminAddr := fs.String("admin", "", "admin address (default: the config's admin, or "+sidecar.DefaultControlPlaneAdmin+" when it is the sidecar default)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -42,6 +45,18 @@ func cmdXDS(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if err := cp.Start(); err != nil {
+		fmt.Fprintln(stderr, "sidemesh xds:", err)
+		return 1
+	}
+	admin := *adminAddr
+	if admin == "" {
+		admin = cfg.Admin
+		if admin == sidecar.DefaultAdmin {
+			admin = sidecar.DefaultControlPlaneAdmin
+		}
+	}
+	if err := cp.StartAdmin(admin); err != nil {
+		cp.Stop(context.Background())
 		fmt.Fprintln(stderr, "sidemesh xds:", err)
 		return 1
 	}

@@ -225,3 +225,34 @@ func TestSourceUnreachableAtStart(t *testing.T) {
 		t.Fatalf("updates %d, ambient %v, resource %v", len(updates), ambient, resource)
 	}
 }
+
+// WatchServices follows the catalog: a service registered later is listed.
+func TestAgentCatalogServices(t *testing.T) {
+	agent := testenv.StartConsul(t)
+	client := agent.Client(t)
+	register(t, client, "api-1", 7001, 1, 1, "")
+	src, err := New(Config{Address: agent.Addr()}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	lists := make(chan []string, 16)
+	cancel := src.WatchServices(func(names []string) { lists <- names })
+	defer cancel()
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-lists:
+			if fmt.Sprint(got) != want {
+				t.Fatalf("services %v, want %s", got, want)
+			}
+		case <-time.After(followWithin):
+			t.Fatalf("no catalog update within %v (want %s)", followWithin, want)
+		}
+	}
+	next("[api]")
+	if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "db-1", Name: "db", Address: "127.0.0.1", Port: 9001}); err != nil {
+		t.Fatal(err)
+	}
+	next("[api db]")
+}

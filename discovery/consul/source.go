@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -280,4 +281,79 @@ func (s *Source) recordSuccess(service string, snap *discovery.Snapshot, index u
 	st.ConsecutiveFailures = 0
 	st.Version, st.Endpoints, st.Index = snap.Version, len(snap.Endpoints), index
 	st.LastSuccess = time.Now()
+}
+
+var _ discovery.Catalog = (*Source)(nil)
+
+// WatchServices implements discovery.Catalog: one blocking query on
+// /v1/catalog/services (the services of the datacenter) per call, f called
+// with the sorted names whenever the set changes. Failures back off as the
+// health queries do; the last list stays in effect.
+func (s *Source) WatchServices(f func(services []string)) (cancel func()) {
+	ctx, stop := context.WithCancel(s.ctx)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		stop()
+		return func() {}
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		var (
+			index     uint64
+			last      []string
+			failures  int
+			lastStart time.Time
+			retryAt   time.Time
+		)
+		for {
+			if !sleepCtx(ctx, pace(time.Now(), lastStart, retryAt, s.opts.MinQueryInterval)) {
+				return
+			}
+			lastStart = time.Now()
+			names, got, err := s.queryCatalog(ctx, index)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				failures++
+				index = 0
+				retryAt = time.Now().Add(s.bo.delay(failures))
+				if failures == 1 {
+					s.log.Warn("consul catalog query failed; keeping the last list of services", "err", err)
+				}
+				continue
+			}
+			failures, retryAt = 0, time.Time{}
+			index = nextIndex(index, got)
+			if last != nil && slices.Equal(last, names) {
+				continue
+			}
+			last = names
+			f(slices.Clone(names))
+		}
+	}()
+	return stop
+}
+
+// queryCatalog lists the datacenter's services (blocking when index > 0).
+func (s *Source) queryCatalog(ctx context.Context, index uint64) ([]string, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout(index, s.cfg.WaitTime, s.opts.RequestTimeout))
+	defer cancel()
+	q := &api.QueryOptions{Datacenter: s.cfg.Datacenter, AllowStale: true, WaitIndex: index, WaitTime: s.cfg.WaitTime}
+	m, meta, err := s.client.Catalog().Services(q.WithContext(ctx))
+	if err != nil {
+		return nil, 0, err
+	}
+	names := make([]string, 0, len(m))
+	for name := range m {
+		if name == "consul" {
+			continue // Consul's own servers, not a mesh service
+		}
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names, meta.LastIndex, nil
 }
