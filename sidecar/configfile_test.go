@@ -86,7 +86,7 @@ func TestConfigFileSyntaxError(t *testing.T) {
 
 func TestConfigFileAnchorsAliasesMergeKeys(t *testing.T) {
 	doc := `discovery: {file: ep.yaml}
-defaults: &defaults
+shared: &defaults
   lb_policy: least_request
   timeout: 3s
   retry_policy: &retries {retry_on: 5xx, num_retries: 3}
@@ -101,7 +101,7 @@ upstreams:
     retry_policy: *retries
 `
 	_, err := parse("ok.yaml", []byte(doc), noEnv)
-	if err == nil || err.Error() != "ok.yaml: config: defaults: unknown key (line 2)" {
+	if err == nil || err.Error() != "ok.yaml: config: shared: unknown key (line 2)" {
 		t.Fatalf("an anchor under an unknown key: %v", err)
 	}
 	// Anchors may sit anywhere the schema allows: here on the first upstream.

@@ -11,12 +11,18 @@ import (
 )
 
 // Metrics is the sidecar's one metrics pipeline (prometheus/client_golang,
-// served on /metrics). Every name starts with sidemesh_. Per-endpoint
-// series are bound once per host so the request path does no label lookups.
+// served on /metrics). Every name starts with sidemesh_.
+// sidemesh_upstream_rq_total is per upstream and status class by default;
+// with metrics.per_endpoint it also has the endpoint label (as Envoy keeps
+// per-host stats out of its default export: a mesh of thousands of
+// endpoints would otherwise drown Prometheus). Per-endpoint counters are
+// on /clusters either way. Series are bound once (per upstream, or per
+// host when per endpoint) so the request path does no label lookups.
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	rq               *prometheus.CounterVec   // upstream, endpoint, class
+	rq               *prometheus.CounterVec // upstream, [endpoint,] class
+	perEndpoint      bool
 	rqDuration       *prometheus.HistogramVec // upstream
 	rqActive         *prometheus.GaugeVec     // upstream
 	cxActive         *prometheus.GaugeVec     // upstream
@@ -29,8 +35,9 @@ type Metrics struct {
 	inboundDuration  prometheus.Histogram
 	tcpBytes         *prometheus.CounterVec // upstream, direction
 
-	mu    sync.Mutex
-	hosts map[[2]string]*hostMetrics
+	mu       sync.Mutex
+	hosts    map[[2]string]*hostMetrics // per endpoint (perEndpoint)
+	upstream map[string]*hostMetrics    // shared by an upstream's hosts (default)
 }
 
 // clusterMetrics are the per-upstream series, bound once.
@@ -59,13 +66,21 @@ type hostMetrics struct {
 
 var classes = [6]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
-func newMetrics() *Metrics {
+// newMetrics is the default pipeline (per-upstream series).
+func newMetrics() *Metrics { return newMetricsWith(false) }
+
+// newMetricsWith is newMetrics with metrics.per_endpoint.
+func newMetricsWith(perEndpoint bool) *Metrics {
 	r := prometheus.NewRegistry()
-	m := &Metrics{Registry: r, hosts: map[[2]string]*hostMetrics{}}
+	m := &Metrics{Registry: r, perEndpoint: perEndpoint, hosts: map[[2]string]*hostMetrics{}, upstream: map[string]*hostMetrics{}}
 	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	labels := []string{"upstream", "class"}
+	if perEndpoint {
+		labels = []string{"upstream", "endpoint", "class"}
+	}
 	m.rq = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_upstream_rq_total",
 		Help: "Requests (attempts) sent to upstream endpoints, by response status class (error = no response)."},
-		[]string{"upstream", "endpoint", "class"})
+		labels)
 	m.rqDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sidemesh_upstream_rq_duration_seconds",
 		Help:    "Time from request to response headers, per upstream request (all attempts).",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}},
@@ -97,9 +112,23 @@ func newMetrics() *Metrics {
 	return m
 }
 
+// host returns the counters an endpoint's requests go to: its own with
+// per_endpoint, else its upstream's (bound on the upstream's first host;
+// nothing is allocated per further host).
 func (m *Metrics) host(upstream, addr string) *hostMetrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.perEndpoint {
+		if h, ok := m.upstream[upstream]; ok {
+			return h
+		}
+		h := &hostMetrics{}
+		for i, cl := range classes {
+			h.class[i] = m.rq.WithLabelValues(upstream, cl)
+		}
+		m.upstream[upstream] = h
+		return h
+	}
 	k := [2]string{upstream, addr}
 	if h, ok := m.hosts[k]; ok {
 		return h
@@ -112,10 +141,14 @@ func (m *Metrics) host(upstream, addr string) *hostMetrics {
 	return h
 }
 
-// dropHost removes a departed endpoint's series.
+// dropHost removes a departed endpoint's series (per_endpoint only: the
+// upstream's series stay).
 func (m *Metrics) dropHost(upstream, addr string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.perEndpoint {
+		return
+	}
 	delete(m.hosts, [2]string{upstream, addr})
 	for _, cl := range classes {
 		m.rq.DeleteLabelValues(upstream, addr, cl)

@@ -79,7 +79,7 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sidecar{cfg: cfg, log: log, m: newMetrics(), byName: map[string]*Cluster{}, quit: make(chan struct{}),
+	s := &Sidecar{cfg: cfg, log: log, m: newMetricsWith(cfg.Metrics.PerEndpoint), byName: map[string]*Cluster{}, quit: make(chan struct{}),
 		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
 	s.src = opts.Source
 	if s.src == nil {
