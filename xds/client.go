@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/upstream"
@@ -102,6 +103,10 @@ type ClientOptions struct {
 	BackoffMin, BackoffMax time.Duration
 	// DialOptions are added to the client connection's options.
 	DialOptions []grpc.DialOption
+	// StateOfTheWorld skips delta xDS. Without it the client opens a
+	// delta ADS stream and falls back to state of the world when the
+	// server answers Unimplemented.
+	StateOfTheWorld bool
 }
 
 // Client is an xDS client over ADS (state of the world) and a
@@ -137,6 +142,7 @@ type Client struct {
 
 	mu       sync.Mutex
 	services map[string]bool   // subscribed services
+	refs     map[string]int    // watches (Watch and WatchCluster) per service
 	edsNames map[string]string // service → EDS resource name
 
 	cwMu     sync.Mutex // held while calling cluster watchers
@@ -148,6 +154,8 @@ type Client struct {
 	snaps    map[string]*discovery.Snapshot // by service
 	versions map[string]uint64              // by service
 	outage   bool
+	sotwOnly bool                            // the server has no delta xDS
+	known    map[string]map[string]*deltaRes // delta: type → name → last received
 
 	statsMu sync.Mutex
 	stats   ClientStats
@@ -202,7 +210,10 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 		done:     make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		services: map[string]bool{},
+		refs:     map[string]int{},
 		edsNames: map[string]string{},
+		known:    map[string]map[string]*deltaRes{},
+		sotwOnly: opts.StateOfTheWorld,
 		cwatch:   map[string]map[int]func(upstream.Settings){},
 		settings: map[string]upstream.Settings{},
 		snaps:    map[string]*discovery.Snapshot{},
@@ -213,7 +224,6 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 	for _, t := range clientTypes {
 		c.stats.Types[t] = &TypeStats{}
 	}
-	c.fan.OnFirstWatch = c.subscribe
 	go c.run()
 	return c, nil
 }
@@ -221,9 +231,30 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 var _ discovery.Source = (*Client)(nil)
 
 // Watch implements discovery.Source: it subscribes the service's cluster
-// and endpoints.
+// and endpoints. When the last watch of a service (Watch or WatchCluster)
+// is cancelled, the client unsubscribes it.
 func (c *Client) Watch(service string, w discovery.Watcher) (cancel func()) {
-	return c.fan.Watch(service, w)
+	c.subscribe(service)
+	cancelFan := c.fan.Watch(service, w)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancelFan()
+			c.unsubscribe(service)
+		})
+	}
+}
+
+// Subscribed lists the services the client subscribes to, sorted.
+func (c *Client) Subscribed() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.services))
+	for s := range c.services {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // WatchCluster calls fn with the service's cluster settings now (if known)
@@ -248,18 +279,44 @@ func (c *Client) WatchCluster(service string, fn func(upstream.Settings)) (cance
 			c.cwMu.Lock()
 			delete(c.cwatch[service], id)
 			c.cwMu.Unlock()
+			c.unsubscribe(service)
 		})
 	}
 }
 
+// subscribe counts a watch of service and subscribes it on its first.
 func (c *Client) subscribe(service string) {
 	c.mu.Lock()
+	c.refs[service]++
 	if c.services[service] {
 		c.mu.Unlock()
 		return
 	}
 	c.services[service] = true
 	c.mu.Unlock()
+	c.kickStream()
+}
+
+// unsubscribe drops a watch of service and unsubscribes it after its last
+// (a reload that removed the upstream).
+func (c *Client) unsubscribe(service string) {
+	c.mu.Lock()
+	c.refs[service]--
+	if c.refs[service] > 0 {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.refs, service)
+	delete(c.services, service)
+	delete(c.edsNames, service)
+	c.mu.Unlock()
+	c.cwMu.Lock()
+	delete(c.settings, service)
+	c.cwMu.Unlock()
+	c.kickStream()
+}
+
+func (c *Client) kickStream() {
 	select {
 	case c.kick <- struct{}{}:
 	default:
@@ -299,7 +356,18 @@ func (c *Client) run() {
 	defer close(c.done)
 	attempt := 0
 	for {
-		received, err := c.stream()
+		var received bool
+		var err error
+		if c.sotwOnly {
+			received, err = c.stream()
+		} else {
+			received, err = c.streamDelta()
+			if !received && status.Code(err) == codes.Unimplemented {
+				c.log.Info("xDS server has no delta xDS; using state of the world", "err", err)
+				c.sotwOnly = true
+				continue
+			}
+		}
 		if c.ctx.Err() != nil {
 			return
 		}
@@ -368,6 +436,7 @@ func (c *Client) stream() (received bool, err error) {
 	}
 	c.statsMu.Lock()
 	c.stats.Streams++
+	c.stats.Delta = false
 	c.statsMu.Unlock()
 
 	recv := make(chan recvResult)
@@ -626,6 +695,8 @@ func (c *Client) handleEndpoints(resp *discoveryv3.DiscoveryResponse) []error {
 type ClientStats struct {
 	Address   string `json:"address"`
 	Connected bool   `json:"connected"`
+	// Delta is true while the stream is delta xDS (false: state of the world).
+	Delta bool `json:"delta"`
 	// Streams counts the streams opened (1 + reconnects that got through).
 	Streams   uint64 `json:"streams"`
 	LastError string `json:"last_error,omitempty"`
@@ -650,25 +721,29 @@ func (c *Client) typeStats(t string) TypeStats {
 }
 
 func (c *Client) record(resp *discoveryv3.DiscoveryResponse, nack *statuspb.Status) {
+	c.recordStats(resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), nack)
+}
+
+func (c *Client) recordStats(typeURL, version, nonce string, nack *statuspb.Status) {
 	c.statsMu.Lock()
 	defer c.statsMu.Unlock()
-	ts := c.stats.Types[resp.GetTypeUrl()]
+	ts := c.stats.Types[typeURL]
 	ts.Updates++
-	ts.Nonce = resp.GetNonce()
+	ts.Nonce = nonce
 	if nack == nil {
 		ts.ACKs++
-		ts.Version = resp.GetVersionInfo()
+		ts.Version = version
 		return
 	}
 	ts.NACKs++
 	ts.LastNACK = &NACKInfo{
-		TypeURL: resp.GetTypeUrl(),
-		Version: resp.GetVersionInfo(),
-		Nonce:   resp.GetNonce(),
+		TypeURL: typeURL,
+		Version: version,
+		Nonce:   nonce,
 		Detail:  nack.GetMessage(),
 		Time:    time.Now(),
 	}
-	c.log.Warn("xDS response rejected", "type", resp.GetTypeUrl(), "version", resp.GetVersionInfo(), "detail", nack.GetMessage())
+	c.log.Warn("xDS response rejected", "type", typeURL, "version", version, "detail", nack.GetMessage())
 }
 
 // Stats returns a copy of the protocol counters.
