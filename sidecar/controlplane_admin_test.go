@@ -202,3 +202,33 @@ func TestControlPlaneReplicasFromConsul(t *testing.T) {
 		}
 	}
 }
+
+// discovery.xds.address is one host:port or a list; an empty list is a
+// config error naming the key. xds_server.debounce must be > 0.
+func TestConfigXDSAddressListAndDebounce(t *testing.T) {
+	for doc, want := range map[string]string{
+		"discovery: {xds: {address: cp:18000}}\n":                                       "cp:18000",
+		"discovery: {xds: {address: [cp-1:18000, cp-2:18000]}}\n":                       "cp-1:18000,cp-2:18000",
+		"discovery: {xds: {address: []}}\n":                                             "discovery.xds.address: must not be empty",
+		"discovery: {xds: {address: [cp-1:18000, cp-2]}}\n":                             `discovery.xds.address[1]: "cp-2" is not host:port`,
+		"discovery: {file: ep.yaml}\nxds_server: {listen: 127.0.0.1:0, debounce: 0s}\n": "xds_server.debounce",
+	} {
+		cfg, err := Parse("cfg.yaml", []byte(doc))
+		if err != nil {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%q: error %v, want it to name %q", doc, err, want)
+			}
+			continue
+		}
+		if cfg.Discovery.XDS == nil || cfg.Discovery.XDS.Address.String() != want {
+			t.Errorf("%q: parsed %+v, want address %s", doc, cfg.Discovery.XDS, want)
+		}
+	}
+	cfg, err := Parse("cfg.yaml", []byte("discovery: {file: ep.yaml}\nxds_server: {listen: 127.0.0.1:0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := xdsDebounce(cfg); d != DefaultXDSDebounce {
+		t.Fatalf("default debounce %v, want %v", d, DefaultXDSDebounce)
+	}
+}

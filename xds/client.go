@@ -26,7 +26,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/upstream"
@@ -44,21 +47,60 @@ type TLSConfig struct {
 // ClientConfig is discovery.xds in the config file, plus the node
 // identity the caller fills from the top-level config.
 type ClientConfig struct {
-	Address string     `yaml:"address"`
-	TLS     *TLSConfig `yaml:"tls"`
+	// Address is one host:port (a DNS name may have several addresses) or
+	// a list of replicas; the client connects to one (shuffled, so that a
+	// fleet spreads over the replicas) and fails over to another.
+	Address AddressList `yaml:"address"`
+	TLS     *TLSConfig  `yaml:"tls"`
 	// NodeID is node.id (the top-level `node` key).
 	NodeID string `yaml:"-"`
 	// Cluster is node.cluster (the local service name; may be empty).
 	Cluster string `yaml:"-"`
 }
 
+// AddressList is discovery.xds.address: one host:port or a list.
+type AddressList []string
+
+// UnmarshalYAML accepts a scalar (one address) or a sequence.
+func (a *AddressList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var one string
+		if err := n.Decode(&one); err != nil {
+			return err
+		}
+		*a = AddressList{one}
+		return nil
+	}
+	var list []string
+	if err := n.Decode(&list); err != nil {
+		return err
+	}
+	if list == nil {
+		list = AddressList{} // an empty list is a config error, not "unset"
+	}
+	*a = list
+	return nil
+}
+
+// String joins the addresses with commas.
+func (a AddressList) String() string { return strings.Join(a, ",") }
+
 // Validate checks the config; path is its key path (e.g. "discovery.xds").
 func (c *ClientConfig) Validate(path string) error {
-	if c.Address == "" {
-		return fmt.Errorf("%w: %s.address: must not be empty", ErrConfig, path)
+	if len(c.Address) == 0 {
+		return fmt.Errorf("%w: %s.address: must not be empty (one host:port or a list)", ErrConfig, path)
 	}
-	if i := strings.LastIndexByte(c.Address, ':'); i <= 0 || i == len(c.Address)-1 {
-		return fmt.Errorf("%w: %s.address: %q is not host:port", ErrConfig, path, c.Address)
+	for i, a := range c.Address {
+		key := path + ".address"
+		if len(c.Address) > 1 {
+			key = fmt.Sprintf("%s.address[%d]", path, i)
+		}
+		if a == "" {
+			return fmt.Errorf("%w: %s: must not be empty", ErrConfig, key)
+		}
+		if j := strings.LastIndexByte(a, ':'); j <= 0 || j == len(a)-1 {
+			return fmt.Errorf("%w: %s: %q is not host:port", ErrConfig, key, a)
+		}
 	}
 	if t := c.TLS; t != nil {
 		if (t.CertFile == "") != (t.KeyFile == "") {
@@ -183,7 +225,7 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "xds-client", "server", cfg.Address)
+	log = log.With("component", "xds-client", "server", cfg.Address.String())
 	dial := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		// Align gRPC's own reconnect backoff (1s..120s by default) with
@@ -192,8 +234,23 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 			Backoff:           backoff.Config{BaseDelay: opts.BackoffMin, Multiplier: 1.6, Jitter: 0.2, MaxDelay: opts.BackoffMax},
 			MinConnectTimeout: 5 * time.Second,
 		}),
+		// One connection, to a shuffled pick of the addresses (a DNS
+		// name's or the list's): a fleet spreads over the replicas, and
+		// a lost replica is replaced by the next one.
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"pick_first":{"shuffleAddressList":true}}]}`),
 	}, opts.DialOptions...)
-	conn, err := grpc.NewClient(cfg.Address, dial...)
+	target := cfg.Address[0]
+	if len(cfg.Address) > 1 {
+		r := manual.NewBuilderWithScheme("sidemesh-xds")
+		addrs := make([]resolver.Address, len(cfg.Address))
+		for i, a := range cfg.Address {
+			addrs[i] = resolver.Address{Addr: a}
+		}
+		r.InitialState(resolver.State{Addresses: addrs})
+		dial = append(dial, grpc.WithResolvers(r))
+		target = "sidemesh-xds:///replicas"
+	}
+	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: discovery.xds.address: %v", ErrConfig, err)
 	}
@@ -219,7 +276,7 @@ func NewClient(cfg ClientConfig, opts ClientOptions) (*Client, error) {
 		snaps:    map[string]*discovery.Snapshot{},
 		versions: map[string]uint64{},
 	}
-	c.stats.Address = cfg.Address
+	c.stats.Address = cfg.Address.String()
 	c.stats.Types = map[string]*TypeStats{}
 	for _, t := range clientTypes {
 		c.stats.Types[t] = &TypeStats{}
@@ -407,7 +464,7 @@ func (c *Client) lostStream(err error) {
 	}
 	c.outage = true
 	c.log.Warn("xDS stream lost; serving the last config", "err", err)
-	amb := fmt.Errorf("%w: xds server %s: %v", discovery.ErrUnavailable, c.cfg.Address, err)
+	amb := fmt.Errorf("%w: xds server %s: %v", discovery.ErrUnavailable, c.cfg.Address.String(), err)
 	for _, svc := range c.fan.Services() {
 		c.fan.AmbientError(svc, amb)
 	}
@@ -617,7 +674,7 @@ func (c *Client) handleClusters(resp *discoveryv3.DiscoveryResponse) []error {
 		if had {
 			c.log.Warn("cluster removed by the xDS server", "service", svc)
 			delete(c.snaps, svc)
-			c.fan.ResourceError(svc, fmt.Errorf("%w: cluster %q removed by xds server %s", discovery.ErrNotFound, svc, c.cfg.Address))
+			c.fan.ResourceError(svc, fmt.Errorf("%w: cluster %q removed by xds server %s", discovery.ErrNotFound, svc, c.cfg.Address.String()))
 		}
 	}
 	return errs

@@ -235,6 +235,6 @@ func (c *Client) dropEndpoints(name string) {
 			continue
 		}
 		delete(c.snaps, svc)
-		c.fan.ResourceError(svc, fmt.Errorf("%w: ClusterLoadAssignment %q removed by xds server %s", discovery.ErrNotFound, name, c.cfg.Address))
+		c.fan.ResourceError(svc, fmt.Errorf("%w: ClusterLoadAssignment %q removed by xds server %s", discovery.ErrNotFound, name, c.cfg.Address.String()))
 	}
 }

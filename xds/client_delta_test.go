@@ -141,3 +141,47 @@ func TestClientFallsBackToStateOfTheWorld(t *testing.T) {
 		t.Fatalf("stats %+v, want a connected state-of-the-world stream", st)
 	}
 }
+
+// With a list of replicas the client connects to one and, when it goes
+// away, fails over to another and gets the same data.
+func TestClientFailsOverBetweenReplicas(t *testing.T) {
+	src := &fakeSource{}
+	src.Publish(mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 3}))
+	var srvs []*Server
+	var stops []func()
+	var addrs AddressList
+	for range 2 {
+		srv, err := NewServer(ServerOptions{Source: src, Upstreams: []Upstream{Defaults("api")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis := listen(t, "127.0.0.1:0")
+		srvs, stops, addrs = append(srvs, srv), append(stops, serve(t, srv, lis)), append(addrs, lis.Addr().String())
+	}
+	c, err := NewClient(ClientConfig{Address: addrs, NodeID: "node-1"},
+		ClientOptions{BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var api recorder
+	defer c.Watch("api", &api)()
+	waitFor(t, "api from one replica", func() bool { return sameWeights(api.snapshot(), map[string]uint32{"127.0.0.1:7001": 3}) })
+	on := -1
+	waitFor(t, "one replica with the stream", func() bool {
+		for i, srv := range srvs {
+			if srv.Stats().Streams == 1 {
+				on = i
+				return true
+			}
+		}
+		return false
+	})
+	other := 1 - on
+	stops[on]()
+	waitFor(t, "the stream on the other replica", func() bool { return srvs[other].Stats().Streams == 1 })
+	src.Publish(mustSnap(t, "api", 2, discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 8}))
+	waitFor(t, "an update through the other replica", func() bool {
+		return sameWeights(api.snapshot(), map[string]uint32{"127.0.0.1:7001": 8})
+	})
+}

@@ -341,9 +341,11 @@ func TestClientConfigValidate(t *testing.T) {
 		want string
 	}{
 		{ClientConfig{}, "discovery.xds.address: must not be empty"},
-		{ClientConfig{Address: "localhost"}, `discovery.xds.address: "localhost" is not host:port`},
-		{ClientConfig{Address: "a:1", TLS: &TLSConfig{CertFile: "c.pem"}}, "discovery.xds.tls: cert_file and key_file go together"},
-		{ClientConfig{Address: "a:1", TLS: &TLSConfig{CAFile: "/nonexistent/ca.pem"}}, "tls.ca_file"},
+		{ClientConfig{Address: AddressList{}}, "discovery.xds.address: must not be empty"},
+		{ClientConfig{Address: AddressList{"localhost"}}, `discovery.xds.address: "localhost" is not host:port`},
+		{ClientConfig{Address: AddressList{"a:1", "b"}}, `discovery.xds.address[1]: "b" is not host:port`},
+		{ClientConfig{Address: AddressList{"a:1"}, TLS: &TLSConfig{CertFile: "c.pem"}}, "discovery.xds.tls: cert_file and key_file go together"},
+		{ClientConfig{Address: AddressList{"a:1"}, TLS: &TLSConfig{CAFile: "/nonexistent/ca.pem"}}, "tls.ca_file"},
 	}
 	for _, tt := range tests {
 		_, err := NewClient(tt.cfg, ClientOptions{})

@@ -122,7 +122,7 @@ func serve(t *testing.T, srv *Server, lis net.Listener) (stop func()) {
 
 func newClient(t *testing.T, addr string) *Client {
 	t.Helper()
-	c, err := NewClient(ClientConfig{Address: addr, NodeID: "node-1", Cluster: "web"},
+	c, err := NewClient(ClientConfig{Address: AddressList{addr}, NodeID: "node-1", Cluster: "web"},
 		ClientOptions{BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
