@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/sidemesh/sidemesh/sidecar.Version=$(VERSION)
 TOOLS    := bin/tools/consul bin/tools/jaeger
 PKGS     := ./...
 
-.PHONY: all build run test unit vet fmt-check tools fuzz bench image clean
+.PHONY: all build run test unit vet fmt-check tools fuzz bench bench-xds image clean
 
 all: build
 
@@ -86,6 +86,13 @@ unit:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./sidecar/...
 	./bench/run.sh
+
+# Control-plane fleet benchmark: `sidemesh xds` with 51 services and 1,000
+# simulated sidecars (delta ADS, then state of the world), then 5,000.
+bench-xds: build
+	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -clients 1000 -services 51
+	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -clients 1000 -services 51 -delta=false
+	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -clients 5000 -services 51 -changes 2
 
 image:
 	docker build -t sidemesh:$(VERSION) .

@@ -1,0 +1,364 @@
+// Command xdsfleet is the control-plane fleet benchmark (`make bench-xds`):
+// it runs `sidemesh xds` as a child process over an endpoints file of
+// -services services, connects -clients simulated sidecars to it from this
+// one process (one gRPC connection and one ADS stream each, subscribing
+// CDS and EDS of -subscribe services, ACKing every response), and measures:
+//
+//   - connect_s: until every client has ACKed its first CDS and EDS;
+//   - rss_kb_per_client: the server's RSS growth (/proc/PID/status) per
+//     connected client;
+//   - per weight change of one service in the file (-changes of them):
+//     the server's CPU seconds (/proc/PID/stat) and the time from the file
+//     write to the slowest client's update (the file poll included), and
+//     how many CDS and EDS responses the clients received.
+//
+// The result is key=value lines on stdout. The machine may be shared: the
+// load average is printed with the figures.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+func main() {
+	bin := flag.String("bin", "bin/sidemesh", "sidemesh binary")
+	clients := flag.Int("clients", 1000, "simulated sidecars")
+	services := flag.Int("services", 51, "services in the endpoints file")
+	endpoints := flag.Int("endpoints", 4, "endpoints per service")
+	subscribe := flag.Int("subscribe", 51, "services each client subscribes to (CDS and EDS)")
+	changes := flag.Int("changes", 5, "weight changes of one service to measure")
+	conns := flag.Int("conns", 0, "gRPC connections shared by the clients (0: one per client)")
+	flag.BoolVar(&useDelta, "delta", true, "delta ADS streams (as sidemesh's client); false: state of the world")
+	flag.Parse()
+	if err := run(*bin, *clients, *services, *endpoints, *subscribe, *changes, *conns); err != nil {
+		fmt.Fprintln(os.Stderr, "xdsfleet:", err)
+		os.Exit(1)
+	}
+}
+
+func writeEndpoints(path string, services, endpoints int, weight func(svc int) int) error {
+	var b strings.Builder
+	b.WriteString("services:\n")
+	for s := range services {
+		fmt.Fprintf(&b, "  svc-%02d:\n", s)
+		for e := range endpoints {
+			fmt.Fprintf(&b, "    - {address: 127.0.%d.%d:8080, weight: %d}\n", 1+s, 1+e, weight(s))
+		}
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// procStat returns the process's CPU seconds (utime+stime) and RSS in KB.
+func procStat(pid int) (cpu float64, rssKB int64, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	cpu = (ut + st) / 100 // USER_HZ
+	st2, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(st2)))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			rssKB, _ = strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+		}
+	}
+	return cpu, rssKB, nil
+}
+
+var useDelta bool
+
+type client struct {
+	edsVersion atomic.Pointer[string]
+	cds, eds   atomic.Int64
+}
+
+func run(bin string, nClients, services, endpoints, subscribe, changes, nConns int) error {
+	dir, err := os.MkdirTemp("", "xdsfleet")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ep := filepath.Join(dir, "endpoints.yaml")
+	weights := make([]int, services)
+	for i := range weights {
+		weights[i] = 1
+	}
+	if err := writeEndpoints(ep, services, endpoints, func(s int) int { return weights[s] }); err != nil {
+		return err
+	}
+	xdsAddr, err := freePort()
+	if err != nil {
+		return err
+	}
+	adminAddr, err := freePort()
+	if err != nil {
+		return err
+	}
+	cfg := filepath.Join(dir, "cp.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ndiscovery: {file: %s}\nxds_server: {listen: %s}\n", ep, xdsAddr)), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "xds", "-c", cfg, "-admin", adminAddr)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	for start := time.Now(); ; {
+		c, err := net.Dial("tcp", xdsAddr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			return fmt.Errorf("control plane not listening on %s", xdsAddr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	_, rss0, err := procStat(pid)
+	if err != nil {
+		return err
+	}
+
+	names := make([]string, 0, subscribe)
+	for s := range min(subscribe, services) {
+		names = append(names, fmt.Sprintf("svc-%02d", s))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if nConns <= 0 {
+		nConns = nClients
+	}
+	gconns := make([]*grpc.ClientConn, nConns)
+	for i := range gconns {
+		gconns[i], err = grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithReadBufferSize(4<<10), grpc.WithWriteBufferSize(4<<10))
+		if err != nil {
+			return err
+		}
+		defer gconns[i].Close()
+	}
+	cls := make([]*client, nClients)
+	var synced sync.WaitGroup
+	var errs atomic.Int64
+	var firstErr atomic.Pointer[string]
+	t0 := time.Now()
+	for i := range cls {
+		cl := &client{}
+		cls[i] = cl
+		synced.Add(1)
+		go func() {
+			if err := cl.run(ctx, gconns[i%nConns], fmt.Sprintf("sidecar-%d", i), names, &synced); err != nil && ctx.Err() == nil {
+				errs.Add(1)
+				s := err.Error()
+				firstErr.CompareAndSwap(nil, &s)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { synced.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(120 * time.Second):
+		return fmt.Errorf("clients not synced after 120s (%d errors)", errs.Load())
+	}
+	connect := time.Since(t0)
+	time.Sleep(500 * time.Millisecond)
+	_, rss1, err := procStat(pid)
+	if err != nil {
+		return err
+	}
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("clients=%d services=%d subscribe=%d endpoints_per_service=%d delta=%v conns=%d\n", nClients, services, len(names), endpoints, useDelta, nConns)
+	fmt.Printf("connect_s=%.2f errors=%d\n", connect.Seconds(), errs.Load())
+	if p := firstErr.Load(); p != nil {
+		fmt.Printf("first_error=%q\n", *p)
+	}
+	fmt.Printf("server_rss_kb_idle=%d server_rss_kb_connected=%d rss_kb_per_client=%.1f\n", rss0, rss1, float64(rss1-rss0)/float64(nClients))
+
+	var cpus, lats []float64
+	for k := range changes {
+		svc := k % len(names)
+		weights[svc]++
+		baseCDS, baseEDS := sum(cls, func(c *client) int64 { return c.cds.Load() }), sum(cls, func(c *client) int64 { return c.eds.Load() })
+		cpu0, _, _ := procStat(pid)
+		wrote := time.Now()
+		if err := writeEndpoints(ep, services, endpoints, func(s int) int { return weights[s] }); err != nil {
+			return err
+		}
+		// Wait until every client got one more EDS response.
+		for {
+			if sum(cls, func(c *client) int64 { return c.eds.Load() }) >= baseEDS+int64(nClients) {
+				break
+			}
+			if time.Since(wrote) > 60*time.Second {
+				return fmt.Errorf("change %d: not every client updated after 60s", k)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		lat := time.Since(wrote)
+		time.Sleep(300 * time.Millisecond) // let the server finish (ACK processing) before reading its CPU
+		cpu1, _, _ := procStat(pid)
+		cpus, lats = append(cpus, cpu1-cpu0), append(lats, lat.Seconds())
+		fmt.Printf("change=%d service=svc-%02d slowest_client_s=%.3f server_cpu_s=%.3f cds_responses=%d eds_responses=%d\n",
+			k, svc, lat.Seconds(), cpu1-cpu0,
+			sum(cls, func(c *client) int64 { return c.cds.Load() })-baseCDS,
+			sum(cls, func(c *client) int64 { return c.eds.Load() })-baseEDS)
+	}
+	if len(cpus) > 0 {
+		slices.Sort(cpus)
+		slices.Sort(lats)
+		fmt.Printf("median_server_cpu_s=%.3f max_server_cpu_s=%.3f median_slowest_client_s=%.3f max_slowest_client_s=%.3f\n",
+			cpus[len(cpus)/2], cpus[len(cpus)-1], lats[len(lats)/2], lats[len(lats)-1])
+	}
+	fmt.Printf("loadavg=%q (shared machine)\n", strings.TrimSpace(string(load)))
+	return nil
+}
+
+func sum(cls []*client, f func(*client) int64) int64 {
+	var n int64
+	for _, c := range cls {
+		n += f(c)
+	}
+	return n
+}
+
+// runDelta is one simulated sidecar over delta ADS: CDS and EDS of
+// names, ACKing.
+func (cl *client) runDelta(ctx context.Context, conn *grpc.ClientConn, node string, names []string, synced *sync.WaitGroup) error {
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		synced.Done()
+		return err
+	}
+	for i, t := range []string{resource.ClusterType, resource.EndpointType} {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: names}
+		if i == 0 {
+			req.Node = &corev3.Node{Id: node}
+		}
+		if err := st.Send(req); err != nil {
+			synced.Done()
+			return err
+		}
+	}
+	var gotCDS, gotEDS, done bool
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			if !done {
+				synced.Done()
+			}
+			return err
+		}
+		switch resp.GetTypeUrl() {
+		case resource.ClusterType:
+			cl.cds.Add(1)
+			gotCDS = true
+		case resource.EndpointType:
+			cl.eds.Add(1)
+			gotEDS = true
+		}
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
+			if !done {
+				synced.Done()
+			}
+			return err
+		}
+		if !done && gotCDS && gotEDS {
+			done = true
+			synced.Done()
+		}
+	}
+}
+
+// run is one simulated sidecar: SotW ADS (or delta with -delta), CDS and
+// EDS of names, ACKing.
+func (cl *client) run(ctx context.Context, conn *grpc.ClientConn, node string, names []string, synced *sync.WaitGroup) error {
+	if useDelta {
+		return cl.runDelta(ctx, conn, node, names, synced)
+	}
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		synced.Done()
+		return err
+	}
+	for i, t := range []string{resource.ClusterType, resource.EndpointType} {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: t, ResourceNames: names}
+		if i == 0 {
+			req.Node = &corev3.Node{Id: node}
+		}
+		if err := st.Send(req); err != nil {
+			synced.Done()
+			return err
+		}
+	}
+	var gotCDS, gotEDS, done bool
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			if !done {
+				synced.Done()
+			}
+			return err
+		}
+		switch resp.GetTypeUrl() {
+		case resource.ClusterType:
+			cl.cds.Add(1)
+			gotCDS = true
+		case resource.EndpointType:
+			cl.eds.Add(1)
+			gotEDS = true
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResourceNames: names,
+			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			if !done {
+				synced.Done()
+			}
+			return err
+		}
+		if !done && gotCDS && gotEDS {
+			done = true
+			synced.Done()
+		}
+	}
+}
