@@ -126,6 +126,10 @@ type Source struct {
 	version  uint64
 	current  map[string]*discovery.Snapshot // watched services (all with a catalog watcher)
 	names    []string                       // every service of the file, sorted
+	// parsed is the last good file's services, kept until the next poll
+	// tick: watches that start together (a sidecar's upstreams) share one
+	// parse, and services nobody watches are not kept beyond it.
+	parsed map[string][]discovery.Endpoint
 	watched  map[string]int                 // watchers per service
 	catalog  map[int]func([]string)
 	nextCat  int
@@ -186,6 +190,9 @@ func (s *Source) poll(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		s.mu.Lock()
+		s.parsed = nil
+		s.mu.Unlock()
 		data, err := os.ReadFile(s.path)
 		if err != nil {
 			s.ambient(fmt.Errorf("%w: %w", discovery.ErrUnavailable, err))
@@ -237,6 +244,7 @@ func (s *Source) load(data []byte) error {
 	ver := s.version
 	namesChanged := !slices.Equal(names, s.names)
 	s.names = names
+	s.parsed = parsed
 	var catalog []func([]string)
 	if namesChanged {
 		for _, f := range s.catalog {
@@ -326,11 +334,14 @@ func (s *Source) readLocked(service string) *discovery.Snapshot {
 	if !slices.Contains(s.names, service) {
 		return nil
 	}
-	parsed, err := Parse(s.path, s.last)
-	if err != nil {
-		return nil // the last file read was bad; the next good one publishes
+	if s.parsed == nil {
+		parsed, err := Parse(s.path, s.last)
+		if err != nil {
+			return nil // the last file read was bad; the next good one publishes
+		}
+		s.parsed = parsed
 	}
-	snap, err := discovery.NewSnapshot(service, s.version, parsed[service])
+	snap, err := discovery.NewSnapshot(service, s.version, s.parsed[service])
 	if err != nil {
 		return nil
 	}
