@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -20,6 +22,7 @@ import (
 	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/discovery/consul"
 	"github.com/sidemesh/sidemesh/internal/testenv"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/xds"
@@ -174,5 +177,61 @@ func TestProxylessRingHashWeights(t *testing.T) {
 	// 4096 entries is a few percent more: 0.06 is well outside both.
 	if math.Abs(share-0.75) > 0.06 {
 		t.Fatalf("weight-3 backend served %.3f of calls, want 0.75±0.06 (%v)", share, counts)
+	}
+}
+
+// A service registered in Consul and named nowhere in the control plane's
+// config (the server serves the source's catalog) reaches a proxyless gRPC
+// client dialing xds:///pay.
+func TestProxylessServiceFromConsulCatalog(t *testing.T) {
+	agent := testenv.StartConsul(t)
+	backend := testenv.StartGRPCBackend(t)
+	host, port, err := net.SplitHostPort(backend.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.Client(t).Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "pay-1", Name: "pay", Address: host, Port: p}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := consul.New(consul.Config{Address: agent.Addr()}, consul.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	srv, err := xds.NewServer(xds.ServerOptions{Source: src, ServeCatalog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	t.Cleanup(func() {
+		srv.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	bootstrap := fmt.Sprintf(`{
+		"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+		"node": {"id": "proxyless-catalog"}
+	}`, lis.Addr().String())
+	resolver, err := grpcxds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("xds:///pay", grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if got := call(t, healthpb.NewHealthClient(conn)); got != backend.Addr {
+		t.Fatalf("xds:///pay reached %s, want %s", got, backend.Addr)
 	}
 }
