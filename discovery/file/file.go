@@ -121,16 +121,16 @@ type Source struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu       sync.Mutex
-	last     []byte
-	version  uint64
-	current  map[string]*discovery.Snapshot // watched services (all with a catalog watcher)
-	names    []string                       // every service of the file, sorted
+	mu      sync.Mutex
+	last    []byte
+	version uint64
+	current map[string]*discovery.Snapshot // watched services (all with a catalog watcher)
+	names   []string                       // every service of the file, sorted
 	// parsed is the last good file's services, kept until the next poll
 	// tick: watches that start together (a sidecar's upstreams) share one
 	// parse, and services nobody watches are not kept beyond it.
-	parsed map[string][]discovery.Endpoint
-	watched  map[string]int                 // watchers per service
+	parsed   map[string][]discovery.Endpoint
+	watched  map[string]int // watchers per service
 	catalog  map[int]func([]string)
 	nextCat  int
 	lastErr  error
