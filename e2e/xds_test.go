@@ -135,7 +135,7 @@ func startXDSControlPlane(t testing.TB, kind string, ups []xdsUpstream, eps xdsE
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cp.proc = testenv.StartProcess(t, "xds-cp-standalone", sidemeshBin(t), "xds", "-c", path)
+		cp.proc = testenv.StartProcess(t, "xds-cp-standalone", sidemeshBin(t), "xds", "-admin", "127.0.0.1:0", "-c", path)
 	default:
 		t.Fatalf("unknown control plane kind %q", kind)
 	}

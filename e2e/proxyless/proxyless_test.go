@@ -170,7 +170,7 @@ upstreams:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cp := testenv.StartProcess(t, "sidemesh-xds", sidemeshBin(t), "xds", "-c", cfgPath)
+	cp := testenv.StartProcess(t, "sidemesh-xds", sidemeshBin(t), "xds", "-admin", "127.0.0.1:0", "-c", cfgPath)
 	cp.WaitReady(30*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", xdsAddr, time.Second)
 		if err != nil {
