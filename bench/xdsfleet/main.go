@@ -47,6 +47,7 @@ func main() {
 	subscribe := flag.Int("subscribe", 51, "services each client subscribes to (CDS and EDS)")
 	changes := flag.Int("changes", 5, "weight changes of one service to measure")
 	conns := flag.Int("conns", 0, "gRPC connections shared by the clients (0: one per client)")
+	flag.BoolVar(&compat, "compat", false, "for a sidemesh without the catalog and admin of `sidemesh xds` (a before figure): list the services under upstreams, pass no -admin")
 	flag.BoolVar(&useDelta, "delta", true, "delta ADS streams (as sidemesh's client); false: state of the world")
 	flag.Parse()
 	if err := run(*bin, *clients, *services, *endpoints, *subscribe, *changes, *conns); err != nil {
@@ -103,7 +104,7 @@ func procStat(pid int) (cpu float64, rssKB int64, err error) {
 	return cpu, rssKB, nil
 }
 
-var useDelta bool
+var useDelta, compat bool
 
 type client struct {
 	edsVersion atomic.Pointer[string]
@@ -133,10 +134,19 @@ func run(bin string, nClients, services, endpoints, subscribe, changes, nConns i
 		return err
 	}
 	cfg := filepath.Join(dir, "cp.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ndiscovery: {file: %s}\nxds_server: {listen: %s}\n", ep, xdsAddr)), 0o644); err != nil {
+	doc := fmt.Sprintf("log_level: warn\ndiscovery: {file: %s}\nxds_server: {listen: %s}\n", ep, xdsAddr)
+	args := []string{"xds", "-c", cfg, "-admin", adminAddr}
+	if compat {
+		doc += "upstreams:\n"
+		for s := range services {
+			doc += fmt.Sprintf("  - {service: svc-%02d}\n", s)
+		}
+		args = args[:3]
+	}
+	if err := os.WriteFile(cfg, []byte(doc), 0o644); err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, "xds", "-c", cfg, "-admin", adminAddr)
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return err
