@@ -28,15 +28,24 @@
 //
 // Server serves a go-control-plane snapshot cache over ADS and CDS, EDS,
 // LDS and RDS (state of the world and delta). Its source of truth is a
-// discovery.Source; every change there makes one new, consistent snapshot
-// version, the same for every node. The cache runs in non-ADS mode: in
+// discovery.Source (with ServeCatalog, every service a discovery.Catalog
+// lists, Defaults for those without settings of their own); changes there
+// (coalesced over Debounce) make one new, consistent snapshot, the same for
+// every node, whose per-type versions are hashes of the content: an
+// endpoint change moves only EDS, a settings change only CDS, and replicas
+// with the same state serve the same versions. Clients and Stats feed the
+// control plane's /clients, /config_dump and /metrics. The cache runs in non-ADS mode: in
 // ADS mode go-control-plane answers a request only if it names every
 // resource of the type, and our clients (and gRPC) subscribe to subsets.
 //
-// Client is a discovery.Source over one ADS stream (state of the world):
-// ACK and NACK with error_detail, last good data kept per resource,
-// reconnect with jittered exponential backoff and resubscription, ambient
-// errors during outages. Stats and WriteClientMetrics/WriteServerMetrics
+// Client is a discovery.Source over one ADS stream, delta by default with
+// a state-of-the-world fallback against a server without delta: it
+// subscribes exactly the watched services and unsubscribes a service when
+// its last watch is cancelled (a reload), ACKs and NACKs with
+// error_detail, keeps the last good data per resource, reconnects with
+// jittered exponential backoff (to another replica when
+// discovery.xds.address lists several or a DNS name has several
+// addresses) and resubscribes, with ambient errors during outages. Stats and WriteClientMetrics/WriteServerMetrics
 // feed /config_dump and /metrics.
 //
 // This package imports discovery, upstream and the leaf packages that own

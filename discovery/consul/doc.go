@@ -7,6 +7,8 @@
 // endpoint (/v1/health/service/<name>, through
 // github.com/hashicorp/consul/api), started on the service's first Watch and
 // shared by all its watchers; nothing queries Consul per request or per dial.
+// WatchServices (discovery.Catalog, for a control plane serving every
+// service) keeps one more blocking query, on /v1/catalog/services.
 // The index is handled as Consul's blocking-query documentation asks
 // (https://developer.hashicorp.com/consul/api-docs/features/blocking): the
 // X-Consul-Index of one answer is the index of the next query; an index that

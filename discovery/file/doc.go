@@ -4,4 +4,10 @@
 // renames a new file over it). A file that fails to parse or validate keeps
 // the last good endpoints in service (an ambient error, logged with file and
 // line); a service that disappears from a valid file gets a resource error.
+//
+// Only the services someone watches are kept (a sidecar keeps its upstreams,
+// not the whole mesh); watches that start together share one parse. A
+// catalog watcher (WatchServices, a control plane serving every service of
+// the file) makes the source keep them all and hears of every change of the
+// set of services.
 package file
