@@ -48,7 +48,7 @@ upstreams:
 	})
 
 	ccert, ckey, _ := ca.Files(t, t.TempDir(), "web")
-	cli, err := xds.NewClient(xds.ClientConfig{Address: cp.Addr(), NodeID: "web-1",
+	cli, err := xds.NewClient(xds.ClientConfig{Address: xds.AddressList{cp.Addr()}, NodeID: "web-1",
 		TLS: &xds.TLSConfig{CAFile: caf, CertFile: ccert, KeyFile: ckey, ServerName: "localhost"}}, xds.ClientOptions{})
 	if err != nil {
 		t.Fatal(err)
