@@ -69,6 +69,14 @@ type Endpoint struct {
 	// service meta or EDS metadata MetaMTLS = "true"): clients originate
 	// mTLS to it and verify its identity.
 	MTLS bool `json:"mtls,omitempty"`
+	// Priority is the endpoint's priority level (0 = preferred; Envoy's
+	// LocalityLbEndpoints.priority): higher levels take traffic only as
+	// the lower ones lose healthy capacity.
+	Priority uint32 `json:"priority,omitempty"`
+	// Region and Zone are the endpoint's locality (Envoy's Locality);
+	// Region is the datacenter for Consul endpoints.
+	Region string `json:"region,omitempty"`
+	Zone   string `json:"zone,omitempty"`
 }
 
 // MetaMTLS is the endpoint meta key (Consul service meta, EDS endpoint
@@ -131,7 +139,8 @@ func (s *Snapshot) Equal(o *Snapshot) bool {
 	}
 	for i := range s.Endpoints {
 		a, b := s.Endpoints[i], o.Endpoints[i]
-		if a.Address != b.Address || a.Weight != b.Weight || a.Health != b.Health || a.MTLS != b.MTLS || len(a.Meta) != len(b.Meta) {
+		if a.Address != b.Address || a.Weight != b.Weight || a.Health != b.Health || a.MTLS != b.MTLS || len(a.Meta) != len(b.Meta) ||
+			a.Priority != b.Priority || a.Region != b.Region || a.Zone != b.Zone {
 			return false
 		}
 		for k, v := range a.Meta {

@@ -77,7 +77,7 @@ func TestBadCDSLBOptionsIgnored(t *testing.T) {
 	c.applySettings(cs)
 	snap2, _ := discovery.NewSnapshot("api", 2, []discovery.Endpoint{{Address: "127.0.0.1:1", Weight: 1}, {Address: "127.0.0.1:2", Weight: 1}})
 	c.onUpdate(snap2)
-	if n := len(c.state.Load().hosts); n != 2 {
+	if n := c.state.Load().n; n != 2 {
 		t.Fatalf("picker has %d hosts after the update, want 2", n)
 	}
 	if got := c.policyName(); got != "least_request" {

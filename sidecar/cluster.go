@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,9 @@ type Host struct {
 	// mtls: a mesh instance (discovery.Endpoint.MTLS): dials originate mTLS.
 	mtls atomic.Bool
 
+	priority uint32 // discovery priority level; guarded by Cluster.mu
+	zone     string // discovery zone; guarded by Cluster.mu
+
 	// guarded by Cluster.mu
 	inSnapshot    bool
 	eligible      bool
@@ -56,11 +60,11 @@ func (h *Host) Weight() uint32 { return h.weight.Load() }
 
 // pickState is what the request path sees: immutable once stored.
 type pickState struct {
-	picker  balancer.Picker
-	hosts   []*Host
-	panic   bool
-	total   int      // hosts in the snapshot
-	weights []uint32 // effective weights (slow start applied), by hosts index
+	levels []level  // by priority, lowest (preferred) first
+	cum    []uint64 // cumulative level loads scaled to 2^32 (chooseLevel)
+	panic  bool     // some level with load balances in panic
+	total  int      // hosts in the snapshot
+	n      int      // hosts some level may pick
 }
 
 // Cluster is one upstream service: its hosts, its picker and the
@@ -102,6 +106,8 @@ type Cluster struct {
 	lastCDS *upstream.Settings
 	// onRemoved runs (outside mu) when hosts leave the cluster.
 	onRemoved []func()
+	// prioSeen is the priority levels with a priority-load series.
+	prioSeen map[uint32]bool
 
 	mu           sync.Mutex
 	hosts        map[string]*Host
@@ -379,6 +385,7 @@ func (c *Cluster) onUpdate(s *discovery.Snapshot) {
 			}
 		}
 		h.inSnapshot = true
+		h.priority, h.zone = ep.Priority, ep.Zone
 		h.weight.Store(ep.Weight)
 		h.mtls.Store(ep.MTLS)
 		h.dhealth.Store(uint32(ep.Health))
@@ -442,7 +449,8 @@ func (c *Cluster) onAmbientError(err error) {
 	c.log.Warn("discovery trouble; keeping the last endpoints", "err", err)
 }
 
-// rebuild recomputes the eligible set and swaps in a new picker. It is
+// rebuild recomputes the eligible set and swaps in new pickers, one per
+// priority level, with Envoy's priority load (planPriorities). It is
 // called on every discovery update, ejection change, health change and
 // slow-start tick; never on the request path.
 func (c *Cluster) rebuild() {
@@ -453,7 +461,6 @@ func (c *Cluster) rebuild() {
 	}
 	now := time.Now()
 	all := make([]*Host, 0, len(c.hosts))
-	var eligible []*Host
 	for _, h := range c.hosts {
 		all = append(all, h)
 		ok := c.hostEligible(h)
@@ -465,61 +472,86 @@ func (c *Cluster) rebuild() {
 			h.everEligible = true
 		}
 		h.eligible = ok
-		if ok {
-			eligible = append(eligible, h)
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].priority != all[j].priority {
+			return all[i].priority < all[j].priority
+		}
+		return all[i].Addr < all[j].Addr
+	})
+	// Group by priority level (all is sorted by priority, then address).
+	var groups [][]*Host
+	for i, h := range all {
+		if i == 0 || h.priority != all[i-1].priority {
+			groups = append(groups, nil)
+		}
+		groups[len(groups)-1] = append(groups[len(groups)-1], h)
+	}
+	counts := make([]levelCount, len(groups))
+	for i, g := range groups {
+		counts[i].Total = len(g)
+		for _, h := range g {
+			if h.eligible {
+				counts[i].Healthy++
+			}
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Addr < all[j].Addr })
-	sort.Slice(eligible, func(i, j int) bool { return eligible[i].Addr < eligible[j].Addr })
-	st := &pickState{total: len(all)}
-	use := eligible
-	if len(all) > 0 {
-		pct := 100 * float64(len(eligible)) / float64(len(all))
-		if pct < c.panicPct {
-			use, st.panic = all, true
+	plan := planPriorities(counts, c.panicPct)
+	st := &pickState{total: len(all), levels: make([]level, len(groups))}
+	ramping := false
+	if c.eff.SlowStart != nil {
+		for _, h := range all {
+			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.eff.SlowStart.Window {
+				ramping = true
+			}
 		}
 	}
+	loads := make([]float64, len(groups))
+	for i, g := range groups {
+		lv := &st.levels[i]
+		lv.priority, lv.total, lv.healthy = g[0].priority, counts[i].Total, counts[i].Healthy
+		lv.health, lv.panic = plan.Health[i], plan.Panic[i]
+		var use []*Host
+		for _, h := range g {
+			// In panic a level balances over its hosts whatever their
+			// checks say, except those its source calls unhealthy (a
+			// Consul-critical instance never takes traffic).
+			if h.eligible || (lv.panic && discovery.Health(h.dhealth.Load()) != discovery.Unhealthy) {
+				use = append(use, h)
+			}
+		}
+		if len(use) > 0 {
+			loads[i] = plan.Load[i]
+		}
+		p, weights, err := c.levelPicker(use, now, ramping)
+		if err != nil {
+			c.log.Error("cannot build picker; keeping the previous one", "err", err)
+			return
+		}
+		lv.picker, lv.hosts, lv.weights = p, use, weights
+		st.n += len(use)
+	}
+	// A level left with nothing to pick gives its load to the others.
+	var sum float64
+	for _, l := range loads {
+		sum += l
+	}
+	for i := range st.levels {
+		if sum > 0 {
+			st.levels[i].load = 100 * loads[i] / sum
+		}
+		if st.levels[i].panic && st.levels[i].load > 0 {
+			st.panic = true
+		}
+		c.m.priorityLoad.WithLabelValues(c.Name, strconv.FormatUint(uint64(st.levels[i].priority), 10)).Set(st.levels[i].load / 100)
+	}
+	c.dropStalePriorityMetricsLocked(st)
+	st.cum = cumulative(loads)
 	if st.panic {
 		c.m.panic.WithLabelValues(c.Name).Set(1)
 	} else {
 		c.m.panic.WithLabelValues(c.Name).Set(0)
 	}
-	eps := make([]balancer.Endpoint, len(use))
-	ramping := false
-	scale := uint32(1)
-	if c.eff.SlowStart != nil {
-		for _, h := range use {
-			if !h.eligibleSince.IsZero() && now.Sub(h.eligibleSince) < c.eff.SlowStart.Window {
-				ramping = true
-			}
-		}
-		if ramping {
-			scale = 100 // resolution for fractional slow-start weights
-		}
-	}
-	for i, h := range use {
-		w := h.weight.Load() * scale
-		if ramping && !h.eligibleSince.IsZero() {
-			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.eff.SlowStart)
-		}
-		eps[i] = balancer.Endpoint{Address: h.Addr, Weight: w, Active: &h.Active}
-	}
-	st.weights = make([]uint32, len(use))
-	for i := range eps {
-		st.weights[i] = eps[i].Weight
-		if scale > 1 {
-			st.weights[i] = (eps[i].Weight + scale/2) / scale
-			if st.weights[i] == 0 {
-				st.weights[i] = 1
-			}
-		}
-	}
-	p, err := balancer.New(c.lbPolicy, c.lbConfig, eps, rand.Uint64())
-	if err != nil {
-		c.log.Error("cannot build picker; keeping the previous one", "err", err)
-		return
-	}
-	st.picker, st.hosts = p, use
 	c.state.Store(st)
 	if ramping && !c.closed {
 		step := c.eff.SlowStart.Window / 20
@@ -531,6 +563,57 @@ func (c *Cluster) rebuild() {
 		} else {
 			c.slowTimer.Reset(step)
 		}
+	}
+}
+
+// levelPicker builds the picker of one priority level over use, with slow
+// start applied when some host is ramping; it returns the effective
+// weights by use index. The caller holds mu.
+func (c *Cluster) levelPicker(use []*Host, now time.Time, ramping bool) (balancer.Picker, []uint32, error) {
+	eps := make([]balancer.Endpoint, len(use))
+	scale := uint32(1)
+	if ramping {
+		scale = 100 // resolution for fractional slow-start weights
+	}
+	for i, h := range use {
+		w := h.weight.Load() * scale
+		if ramping && !h.eligibleSince.IsZero() {
+			w = slowStartWeight(w, now.Sub(h.eligibleSince), c.eff.SlowStart)
+		}
+		eps[i] = balancer.Endpoint{Address: h.Addr, Weight: w, Active: &h.Active}
+	}
+	weights := make([]uint32, len(use))
+	for i := range eps {
+		weights[i] = eps[i].Weight
+		if scale > 1 {
+			weights[i] = (eps[i].Weight + scale/2) / scale
+			if weights[i] == 0 {
+				weights[i] = 1
+			}
+		}
+	}
+	p, err := balancer.New(c.lbPolicy, c.lbConfig, eps, rand.Uint64())
+	return p, weights, err
+}
+
+// dropStalePriorityMetricsLocked forgets the priority-load series of levels
+// the cluster no longer has. The caller holds mu.
+func (c *Cluster) dropStalePriorityMetricsLocked(st *pickState) {
+	now := make(map[uint32]bool, len(st.levels))
+	for _, lv := range st.levels {
+		now[lv.priority] = true
+	}
+	for p := range c.prioSeen {
+		if !now[p] {
+			c.m.priorityLoad.DeleteLabelValues(c.Name, strconv.FormatUint(uint64(p), 10))
+			delete(c.prioSeen, p)
+		}
+	}
+	if c.prioSeen == nil {
+		c.prioSeen = map[uint32]bool{}
+	}
+	for p := range now {
+		c.prioSeen[p] = true
 	}
 }
 
@@ -589,7 +672,20 @@ type ClusterStatus struct {
 	DiscoveryError string           `json:"discovery_error,omitempty"`
 	ResourceError  string           `json:"resource_error,omitempty"`
 	Breaker        any              `json:"circuit_breakers"`
+	Priorities     []PriorityStatus `json:"priorities"`
 	Endpoints      []EndpointStatus `json:"endpoints"`
+}
+
+// PriorityStatus is the /clusters view of one priority level: its healthy
+// share, its health (min(100, 1.4 x healthy share)) and the load it takes.
+type PriorityStatus struct {
+	Priority       uint32  `json:"priority"`
+	HealthyHosts   int     `json:"healthy_hosts"`
+	TotalHosts     int     `json:"total_hosts"`
+	HealthyPercent float64 `json:"healthy_percent"`
+	Health         float64 `json:"health"`
+	LoadPercent    float64 `json:"load_percent"`
+	Panic          bool    `json:"panic_mode"`
 }
 
 // EndpointStatus is the /clusters view of one endpoint.
@@ -604,6 +700,8 @@ type EndpointStatus struct {
 	CxActive        int64  `json:"cx_active"`
 	EjectionsTotal  uint64 `json:"ejections_total"`
 	HealthCheck     any    `json:"health_check,omitempty"`
+	Priority        uint32 `json:"priority"`
+	Zone            string `json:"zone,omitempty"`
 }
 
 // Status reports the cluster for /clusters.
@@ -637,10 +735,15 @@ func (c *Cluster) Status() ClusterStatus {
 		cs.ResourceError = c.resourceErr.Error()
 	}
 	eff := map[*Host]uint32{}
-	if st.picker != nil {
-		for i, h := range st.hosts {
-			eff[h] = st.weights[i]
+	for _, lv := range st.levels {
+		for i, h := range lv.hosts {
+			eff[h] = lv.weights[i]
 		}
+		cs.Priorities = append(cs.Priorities, PriorityStatus{
+			Priority: lv.priority, HealthyHosts: lv.healthy, TotalHosts: lv.total,
+			HealthyPercent: 100 * float64(lv.healthy) / float64(max(lv.total, 1)),
+			Health:         lv.health, LoadPercent: lv.load, Panic: lv.panic,
+		})
 	}
 	addrs := make([]string, 0, len(c.hosts))
 	for a := range c.hosts {
@@ -653,6 +756,7 @@ func (c *Cluster) Status() ClusterStatus {
 			Address: a, Weight: h.weight.Load(), EffectiveWeight: eff[h],
 			RqTotal: h.RqTotal.Load(), RqError: h.RqError.Load(),
 			RqActive: h.Active.Load(), CxActive: h.CxActive.Load(),
+			Priority: h.priority, Zone: h.zone,
 		}
 		switch {
 		case discovery.Health(h.dhealth.Load()) == discovery.Draining:

@@ -86,7 +86,7 @@ func TestCDSMaglevTableSizeApplied(t *testing.T) {
 	c.onUpdate(snap)
 	c.applySettings(fromCDS(t, xds.Upstream{Service: "api", Settings: upstream.Settings{LBPolicy: balancer.Maglev,
 		LB: balancer.Config{Maglev: balancer.MaglevConfig{TableSize: 7}}}}))
-	st := c.state.Load()
+	st := &c.state.Load().levels[0]
 	beps := make([]balancer.Endpoint, len(st.hosts))
 	for i, h := range st.hosts {
 		beps[i] = balancer.Endpoint{Address: h.Addr, Weight: 1}

@@ -28,6 +28,7 @@ type Metrics struct {
 	cxActive         *prometheus.GaugeVec     // upstream
 	retries          *prometheus.CounterVec   // upstream
 	panic            *prometheus.GaugeVec     // upstream
+	priorityLoad     *prometheus.GaugeVec     // upstream, priority
 	discoveryUpdates *prometheus.CounterVec   // upstream
 	discoveryErrors  *prometheus.CounterVec   // upstream, kind
 	noHealthy        *prometheus.CounterVec   // upstream
@@ -93,6 +94,8 @@ func newMetricsWith(perEndpoint bool) *Metrics {
 		Help: "Retries sent."}, []string{"upstream"})
 	m.panic = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sidemesh_upstream_panic_mode",
 		Help: "1 while the upstream balances across all endpoints because too few are healthy."}, []string{"upstream"})
+	m.priorityLoad = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sidemesh_upstream_priority_load",
+		Help: "Share of the upstream's traffic (0..1) each priority level takes (Envoy's priority load)."}, []string{"upstream", "priority"})
 	m.discoveryUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_discovery_updates_total",
 		Help: "Endpoint snapshots applied."}, []string{"upstream"})
 	m.discoveryErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_discovery_errors_total",
@@ -106,7 +109,7 @@ func newMetricsWith(perEndpoint bool) *Metrics {
 	m.tcpBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidemesh_tcp_bytes_total",
 		Help: "Bytes relayed by TCP upstream listeners."}, []string{"upstream", "direction"})
 	for _, c := range []prometheus.Collector{m.rq, m.rqDuration, m.rqActive, m.cxActive, m.retries,
-		m.panic, m.discoveryUpdates, m.discoveryErrors, m.noHealthy, m.inboundRq, m.inboundDuration, m.tcpBytes} {
+		m.panic, m.priorityLoad, m.discoveryUpdates, m.discoveryErrors, m.noHealthy, m.inboundRq, m.inboundDuration, m.tcpBytes} {
 		f(c)
 	}
 	return m

@@ -86,29 +86,33 @@ func (p *picked) releaseRetry() {
 // Done. Lock-free and allocation-free: one atomic load and the picker.
 func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (picked, error) {
 	st := c.state.Load()
-	n := len(st.hosts)
-	if n == 0 {
+	if st.n == 0 {
 		return picked{}, ErrNoHealthyUpstream
 	}
 	if !c.hadTraffic.Load() {
 		c.hadTraffic.Store(true)
 	}
-	i := st.picker.Pick(info)
+	lv := st.chooseLevel(info)
+	n := len(lv.hosts)
+	if n == 0 {
+		return picked{}, ErrNoHealthyUpstream
+	}
+	i := lv.picker.Pick(info)
 	if i < 0 {
 		return picked{}, ErrNoHealthyUpstream
 	}
-	if avoid != nil && n > 1 && st.hosts[i] == avoid {
-		for k := 0; k < 3 && st.hosts[i] == avoid; k++ {
-			i = st.picker.Pick(info)
+	if avoid != nil && n > 1 && lv.hosts[i] == avoid {
+		for k := 0; k < 3 && lv.hosts[i] == avoid; k++ {
+			i = lv.picker.Pick(info)
 		}
-		if st.hosts[i] == avoid {
+		if lv.hosts[i] == avoid {
 			i = (i + 1) % n
 		}
 	}
-	h := st.hosts[i]
+	h := lv.hosts[i]
 	h.Active.Add(1)
 	h.RqTotal.Add(1)
-	return picked{Host: h, Panic: st.panic, c: c}, nil
+	return picked{Host: h, Panic: lv.panic, c: c}, nil
 }
 
 // breakerPicker is the circuit breaker around the cluster's picker for

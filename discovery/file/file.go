@@ -20,13 +20,22 @@ import (
 // ErrParse wraps every problem found in an endpoints file.
 var ErrParse = errors.New("file: bad endpoints file")
 
+// MaxPriority is the highest priority level an endpoint may name (Envoy
+// allows any uint32; a bound keeps a typo from creating a level nobody
+// meant).
+const MaxPriority = 127
+
 // DefaultPollInterval is how often the file is checked for changes.
 const DefaultPollInterval = 200 * time.Millisecond
 
 type fileEndpoint struct {
-	Address string        `yaml:"address"`
-	Weight  *int64        `yaml:"weight"`
-	Line    confyaml.Line `yaml:"-"`
+	Address string `yaml:"address"`
+	Weight  *int64 `yaml:"weight"`
+	// Priority is the endpoint's priority level (0 = preferred).
+	Priority *int64 `yaml:"priority"`
+	// Zone is the endpoint's zone, for zone-aware routing.
+	Zone string        `yaml:"zone"`
+	Line confyaml.Line `yaml:"-"`
 }
 
 type fileDoc struct {
@@ -82,7 +91,15 @@ func Parse(name string, data []byte) (map[string][]discovery.Endpoint, error) {
 				return nil, fmt.Errorf("%w: %s:%d: services.%s[%d] (%s): weight %d must be an integer in 1..%d",
 					ErrParse, name, fe.Line, svc, n, fe.Address, w, discovery.MaxWeight)
 			}
-			ep := discovery.Endpoint{Address: fe.Address, Weight: uint32(w)}
+			var prio int64
+			if fe.Priority != nil {
+				prio = *fe.Priority
+			}
+			if prio < 0 || prio > MaxPriority {
+				return nil, fmt.Errorf("%w: %s:%d: services.%s[%d].priority (%s): %d must be an integer in 0..%d",
+					ErrParse, name, fe.Line, svc, n, fe.Address, prio, MaxPriority)
+			}
+			ep := discovery.Endpoint{Address: fe.Address, Weight: uint32(w), Priority: uint32(prio), Zone: fe.Zone}
 			if err := discovery.ValidateEndpoint(ep); err != nil {
 				return nil, fmt.Errorf("%w: %s:%d: services.%s[%d]: %v", ErrParse, name, fe.Line, svc, n, err)
 			}
@@ -101,7 +118,7 @@ func Parse(name string, data []byte) (map[string][]discovery.Endpoint, error) {
 // hint lists the keys allowed where an unknown key was found.
 func hint(path string) string {
 	if strings.Contains(path, ".") {
-		return "(want address, weight)"
+		return "(want address, weight, priority, zone)"
 	}
 	return "(want services)"
 }
