@@ -72,9 +72,9 @@ func TestAgentWeightsAndHealth(t *testing.T) {
 	canary := &recorder{}
 	defer canarySrc.Watch("api", canary)()
 
-	waitEndpoints(t, rec, 10*time.Second, "weights 1/2/7, critical excluded, warning at its Warning weight",
+	waitEndpoints(t, rec, 10*time.Second, "weights 1/2/7, critical unhealthy, warning at its Warning weight",
 		"127.0.0.1:7001/1/healthy", "127.0.0.1:7002/2/healthy", "127.0.0.1:7003/7/healthy",
-		"127.0.0.1:7005/3/degraded", "127.0.0.1:7006/4/healthy")
+		"127.0.0.1:7004/5/unhealthy", "127.0.0.1:7005/3/degraded", "127.0.0.1:7006/4/healthy")
 	waitEndpoints(t, canary, 10*time.Second, "tag filter", "127.0.0.1:7006/4/healthy")
 
 	// Changes are followed through the one blocking query.
@@ -91,7 +91,8 @@ func TestAgentWeightsAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	d2 := waitEndpoints(t, rec, followWithin, "api-5 critical, api-1 gone",
-		"127.0.0.1:7002/2/healthy", "127.0.0.1:7003/7/healthy", "127.0.0.1:7004/5/healthy", "127.0.0.1:7006/4/healthy")
+		"127.0.0.1:7002/2/healthy", "127.0.0.1:7003/7/healthy", "127.0.0.1:7004/5/healthy",
+		"127.0.0.1:7005/9/unhealthy", "127.0.0.1:7006/4/healthy")
 	t.Logf("changes followed in %v and %v", d1.Round(time.Millisecond), d2.Round(time.Millisecond))
 
 	st, _ := src.ServiceStats("api")

@@ -22,12 +22,15 @@ const MaxWeight = 128
 //   - every check passing: Weights.Passing, healthy;
 //   - any check warning (none critical): Weights.Warning, degraded;
 //   - any check critical, in maintenance or in a state Consul does not
-//     document: excluded;
+//     document: unhealthy at its Passing weight (kept, so that it counts
+//     in its priority level's size; the sidecar never sends it traffic,
+//     not even in panic mode);
 //   - a weight below 1 excludes the instance (Consul marks it unhealthy);
 //     a weight above 128 becomes 128.
 //
-// The address is Service.Address, else Node.Address. ok is false when the
-// instance is excluded or has no usable address.
+// The address is Service.Address, else Node.Address. Region is the node's
+// datacenter; Zone is Service.Meta["zone"], else the node meta "zone".
+// ok is false when the instance is excluded or has no usable address.
 func endpointOf(e *api.ServiceEntry) (ep discovery.Endpoint, ok bool) {
 	if e == nil || e.Service == nil || e.Service.Port <= 0 || e.Service.Port > 65535 {
 		return ep, false
@@ -48,9 +51,11 @@ func endpointOf(e *api.ServiceEntry) (ep discovery.Endpoint, ok bool) {
 		switch c.Status {
 		case api.HealthPassing:
 		case api.HealthWarning:
-			weight, health = w.Warning, discovery.Degraded
+			if health == discovery.Healthy {
+				weight, health = w.Warning, discovery.Degraded
+			}
 		default:
-			return ep, false
+			weight, health = max(w.Passing, 1), discovery.Unhealthy
 		}
 	}
 	if weight < 1 {
@@ -61,6 +66,13 @@ func endpointOf(e *api.ServiceEntry) (ep discovery.Endpoint, ok bool) {
 		Address: net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
 		Weight:  uint32(weight),
 		Health:  health,
+	}
+	if e.Node != nil {
+		ep.Region = e.Node.Datacenter
+		ep.Zone = e.Node.Meta["zone"]
+	}
+	if z := e.Service.Meta["zone"]; z != "" {
+		ep.Zone = z
 	}
 	if len(e.Service.Meta) > 0 {
 		ep.Meta = make(map[string]string, len(e.Service.Meta))
@@ -99,9 +111,16 @@ func endpointsOf(entries []*api.ServiceEntry) []discovery.Endpoint {
 			continue
 		}
 		prev := &out[i]
+		switch {
+		case prev.Health == discovery.Unhealthy && ep.Health != discovery.Unhealthy:
+			prev.Weight, prev.Health = ep.Weight, ep.Health // the critical one takes no share
+			continue
+		case prev.Health != discovery.Unhealthy && ep.Health == discovery.Unhealthy:
+			continue
+		}
 		prev.Weight = uint32(min(uint64(prev.Weight)+uint64(ep.Weight), discovery.MaxWeight))
-		if ep.Health == discovery.Healthy {
-			prev.Health = discovery.Healthy
+		if ep.Health < prev.Health {
+			prev.Health = ep.Health
 		}
 	}
 	return out

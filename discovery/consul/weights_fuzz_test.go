@@ -57,17 +57,20 @@ func modelEndpoint(e *api.ServiceEntry) (addr string, weight int, health discove
 	if passing == 0 && warning == 0 {
 		passing, warning = 1, 1
 	}
-	anyWarning := false
+	anyWarning, anyCritical := false, false
 	for _, c := range e.Checks {
 		switch c.Status {
 		case api.HealthPassing:
 		case api.HealthWarning:
 			anyWarning = true
 		default:
-			return "", 0, 0, false
+			anyCritical = true
 		}
 	}
 	weight, health = passing, discovery.Healthy
+	if anyCritical {
+		return net.JoinHostPort(host, strconv.Itoa(s.Port)), min(max(passing, 1), MaxWeight), discovery.Unhealthy, true
+	}
 	if anyWarning {
 		weight, health = warning, discovery.Degraded
 	}
@@ -89,7 +92,7 @@ func FuzzEndpointsOf(f *testing.F) {
 
 		type agg struct {
 			weight  int
-			healthy bool
+			health  discovery.Health
 			meta    string
 			firstID string
 		}
@@ -108,18 +111,26 @@ func FuzzEndpointsOf(f *testing.F) {
 				want[addr] = a
 				order = append(order, addr)
 			}
-			a.weight = min(a.weight+w, discovery.MaxWeight)
-			a.healthy = a.healthy || h == discovery.Healthy
+			switch {
+			case a.health == discovery.Unhealthy && a.weight > 0 && h != discovery.Unhealthy:
+				a.weight, a.health = w, h
+			case a.weight > 0 && a.health != discovery.Unhealthy && h == discovery.Unhealthy:
+			default:
+				if a.weight == 0 || h < a.health {
+					a.health = h
+				}
+				a.weight = min(a.weight+w, discovery.MaxWeight)
+			}
 		}
 		if len(got) != len(order) {
 			t.Fatalf("got %d endpoints %+v, want %d at %v", len(got), got, len(order), order)
 		}
 		for i, ep := range got {
 			a := want[order[i]]
-			if ep.Address != order[i] || int(ep.Weight) != a.weight || (ep.Health == discovery.Healthy) != a.healthy || ep.Meta["id"] != a.meta {
-				t.Fatalf("endpoint %d: got %+v, want %s weight %d healthy %v meta %s", i, ep, order[i], a.weight, a.healthy, a.meta)
+			if ep.Address != order[i] || int(ep.Weight) != a.weight || ep.Health != a.health || ep.Meta["id"] != a.meta {
+				t.Fatalf("endpoint %d: got %+v, want %s weight %d health %v meta %s", i, ep, order[i], a.weight, a.health, a.meta)
 			}
-			if ep.Health != discovery.Healthy && ep.Health != discovery.Degraded {
+			if ep.Health != discovery.Healthy && ep.Health != discovery.Degraded && ep.Health != discovery.Unhealthy {
 				t.Fatalf("endpoint %d: health %v", i, ep.Health)
 			}
 			if err := discovery.ValidateEndpoint(ep); err != nil {

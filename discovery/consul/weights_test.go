@@ -34,10 +34,16 @@ func TestEndpointOf(t *testing.T) {
 			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 3}, true},
 		{"one warning: Warning weight, degraded", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthPassing, api.HealthWarning),
 			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 2, Health: discovery.Degraded}, true},
-		{"one critical: excluded", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthPassing, api.HealthCritical), discovery.Endpoint{}, false},
-		{"warning and critical: excluded", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthWarning, api.HealthCritical), discovery.Endpoint{}, false},
-		{"maintenance: excluded", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthMaint), discovery.Endpoint{}, false},
-		{"unknown state: excluded", entry("a", "127.0.0.1", 7001, 7, 2, "bogus"), discovery.Endpoint{}, false},
+		{"one critical: unhealthy", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthPassing, api.HealthCritical),
+			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 7, Health: discovery.Unhealthy}, true},
+		{"warning and critical: unhealthy", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthWarning, api.HealthCritical),
+			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 7, Health: discovery.Unhealthy}, true},
+		{"critical and warning: unhealthy", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthCritical, api.HealthWarning),
+			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 7, Health: discovery.Unhealthy}, true},
+		{"maintenance: unhealthy", entry("a", "127.0.0.1", 7001, 7, 2, api.HealthMaint),
+			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 7, Health: discovery.Unhealthy}, true},
+		{"unknown state: unhealthy", entry("a", "127.0.0.1", 7001, 7, 2, "bogus"),
+			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 7, Health: discovery.Unhealthy}, true},
 		{"weights missing: 1/1", entry("a", "127.0.0.1", 7001, 0, 0, api.HealthPassing),
 			discovery.Endpoint{Address: "127.0.0.1:7001", Weight: 1}, true},
 		{"weights missing, warning: 1", entry("a", "127.0.0.1", 7001, 0, 0, api.HealthWarning),
@@ -64,6 +70,19 @@ func TestEndpointOf(t *testing.T) {
 	}
 }
 
+func TestEndpointOfLocality(t *testing.T) {
+	e := entry("a", "127.0.0.1", 7001, 1, 1)
+	e.Node.Datacenter, e.Node.Meta = "dc2", map[string]string{"zone": "node-zone"}
+	ep, _ := endpointOf(e)
+	if ep.Region != "dc2" || ep.Zone != "node-zone" {
+		t.Fatalf("endpointOf = %+v; want region dc2, zone from the node meta", ep)
+	}
+	e.Service.Meta = map[string]string{"zone": "svc-zone"}
+	if ep, _ = endpointOf(e); ep.Zone != "svc-zone" {
+		t.Fatalf("endpointOf = %+v; want the service meta zone to win", ep)
+	}
+}
+
 func TestEndpointOfCopiesMeta(t *testing.T) {
 	e := entry("a", "127.0.0.1", 7001, 1, 1)
 	e.Service.Meta = map[string]string{"version": "1.2.3"}
@@ -83,11 +102,16 @@ func TestEndpointsOfMergesSameAddress(t *testing.T) {
 		entry("a", "127.0.0.1", 7001, 2, 1),                    // healthy, weight 2
 		entry("c", "127.0.0.1", 7002, 5, 1),
 		entry("d", "127.0.0.1", 7003, 5, 1, api.HealthCritical),
+		entry("e", "127.0.0.1", 7002, 4, 1, api.HealthCritical), // critical beside a healthy one: no share
+		entry("f", "127.0.0.1", 7004, 2, 1, api.HealthCritical),
+		entry("g", "127.0.0.1", 7004, 6, 1), // healthy beside a critical one: its weight only
 		nil,
 	})
 	want := []discovery.Endpoint{
 		{Address: "127.0.0.1:7001", Weight: 3, Health: discovery.Healthy},
 		{Address: "127.0.0.1:7002", Weight: 5},
+		{Address: "127.0.0.1:7003", Weight: 5, Health: discovery.Unhealthy},
+		{Address: "127.0.0.1:7004", Weight: 6},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("endpointsOf = %+v, want %+v", got, want)
