@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sidemesh/sidemesh/discovery"
+	"github.com/sidemesh/sidemesh/discovery/consul"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
 	"github.com/sidemesh/sidemesh/sidecar/health"
@@ -108,6 +109,8 @@ type Cluster struct {
 	onRemoved []func()
 	// prioSeen is the priority levels with a priority-load series.
 	prioSeen map[uint32]bool
+	// localZone is the sidecar's own zone (set before start).
+	localZone string
 
 	mu           sync.Mutex
 	hosts        map[string]*Host
@@ -673,7 +676,10 @@ type ClusterStatus struct {
 	ResourceError  string           `json:"resource_error,omitempty"`
 	Breaker        any              `json:"circuit_breakers"`
 	Priorities     []PriorityStatus `json:"priorities"`
-	Endpoints      []EndpointStatus `json:"endpoints"`
+	// Datacenters is the datacenters behind the upstream (Consul), with
+	// each one's priority and last query error.
+	Datacenters []consul.DatacenterStatus `json:"datacenters,omitempty"`
+	Endpoints   []EndpointStatus          `json:"endpoints"`
 }
 
 // PriorityStatus is the /clusters view of one priority level: its healthy

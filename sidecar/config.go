@@ -38,7 +38,10 @@ type Config struct {
 	// Defaults (only in `sidemesh xds -c`) are the upstream settings of
 	// every served service; upstreams[] entries override them.
 	Defaults *upstream.Settings `yaml:"defaults"`
-	source   string             // file name, for messages
+	// Zone is the sidecar's own zone, for zone-aware routing (with Consul
+	// discovery, the agent's node meta "zone" when left out).
+	Zone   string `yaml:"zone"`
+	source string // file name, for messages
 }
 
 // Service is the local app (the inbound side).
@@ -347,6 +350,12 @@ func (c *Config) Validate() error {
 			return bad(p+".service", u.Service, fmt.Sprintf("repeats upstreams[%d].service", j))
 		}
 		seenSvc[u.Service] = i
+		if u.Failover != nil && c.Discovery.Consul == nil {
+			return bad(p+".failover", nil, "needs discovery.consul (failover datacenters are Consul's; with file or xds discovery, give endpoints a priority)")
+		}
+		if u.ZoneAware && c.Zone == "" && c.Discovery.Consul == nil {
+			return bad(p+".zone_aware", true, "needs the sidecar's zone: set zone")
+		}
 		if u.Listen != "" && !strings.HasSuffix(u.Listen, ":0") {
 			if other, dup := seenListen[u.Listen]; dup {
 				return bad(p+".listen", u.Listen, "is already used by "+other)

@@ -118,7 +118,7 @@ func NewControlPlane(cfg *Config, log *slog.Logger) (*ControlPlane, error) {
 	if cfg.Discovery.XDS != nil {
 		return nil, fmt.Errorf("%w: discovery.xds: the xDS server needs a source of truth (file or consul), not another xDS server", ErrConfig)
 	}
-	src, _, err := newSource(cfg.Discovery, log)
+	src, _, err := newSource(cfg, log)
 	if err != nil {
 		return nil, err
 	}

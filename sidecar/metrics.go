@@ -234,6 +234,9 @@ func (s *Sidecar) collectComponents(ch chan<- prometheus.Metric) {
 	if s.consul != nil {
 		now := time.Now()
 		for _, st := range s.consul.Stats() {
+			if st.Datacenter != "" {
+				continue // failover datacenters: their errors count in sidemesh_discovery_errors_total
+			}
 			ch <- prometheus.MustNewConstMetric(descConsulFailures, prometheus.CounterValue, float64(st.FailuresTotal), st.Service)
 			ch <- prometheus.MustNewConstMetric(descConsulQueries, prometheus.CounterValue, float64(st.QueriesTotal), st.Service)
 			ch <- prometheus.MustNewConstMetric(descConsulStale, prometheus.GaugeValue, st.Stale(now).Seconds(), st.Service)

@@ -48,6 +48,8 @@ type Sidecar struct {
 	transLn       net.Listener
 	trans         *transparentListener
 	consul        *consul.Source
+	failover      *failoverSource // the Consul source through failover datacenters
+	zone          string          // the sidecar's own zone (zone, or the Consul node meta)
 	reg           *consul.Registrar
 	regStop       context.CancelFunc
 	regDone       chan struct{}
@@ -118,14 +120,17 @@ func (s *Sidecar) newSource() (discovery.Source, error) {
 	if s.cfg.Discovery.XDS != nil {
 		return s.newXDSSource()
 	}
-	src, cons, err := newSource(s.cfg.Discovery, s.log)
+	src, cons, err := newSource(s.cfg, s.log)
 	s.consul = cons
+	s.failover, _ = src.(*failoverSource)
 	return src, err
 }
 
-// newSource opens the file or Consul source d names (nil, nil when it
-// names neither); the Consul source is also returned as such.
-func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source, error) {
+// newSource opens the file or Consul source cfg's discovery names (nil,
+// nil when it names neither); the Consul source is also returned as such,
+// and watched through its failover datacenters.
+func newSource(cfg *Config, log *slog.Logger) (discovery.Source, *consul.Source, error) {
+	d := cfg.Discovery
 	switch {
 	case d.File != "":
 		src, err := file.New(d.File, file.Options{Logger: log})
@@ -135,7 +140,7 @@ func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source,
 		if err != nil {
 			return nil, nil, err
 		}
-		return src, src, nil
+		return newFailoverSource(src, cfg), src, nil
 	}
 	return nil, nil, nil
 }
@@ -143,6 +148,9 @@ func newSource(d Discovery, log *slog.Logger) (discovery.Source, *consul.Source,
 // Start binds every listener (failing fast, before serving anything) and
 // starts serving and watching.
 func (s *Sidecar) Start() error {
+	if err := s.checkStartConfig(); err != nil {
+		return err
+	}
 	var err error
 	s.adminLn, err = net.Listen("tcp", s.cfg.Admin)
 	if err != nil {
@@ -322,7 +330,11 @@ func (s *Sidecar) Cluster(name string) *Cluster { return s.byName[name] }
 func (s *Sidecar) Clusters() []ClusterStatus {
 	out := make([]ClusterStatus, 0, len(s.clusters)+1)
 	for _, c := range s.clusters {
-		out = append(out, c.Status())
+		cs := c.Status()
+		if s.failover != nil {
+			cs.Datacenters = s.failover.Status(c.Name)
+		}
+		out = append(out, cs)
 	}
 	if s.inbound != nil {
 		out = append(out, s.inbound.Status())

@@ -37,6 +37,24 @@ type Settings struct {
 	HealthyPanicThreshold *float64         `yaml:"healthy_panic_threshold"`
 	SlowStart             *SlowStartConfig `yaml:"slow_start"`
 	MaxIdleConnsPerHost   int              `yaml:"max_idle_connections_per_endpoint"`
+	// Failover names the other datacenters whose instances back the
+	// upstream, in order: the local datacenter is priority 0, each listed
+	// one the next (Consul discovery only). Left out, Consul's
+	// service-resolver config entry may say it.
+	Failover *Failover `yaml:"failover"`
+	// ZoneAware enables Envoy's zone-aware routing inside each priority
+	// level (the sidecar's own zone must be known).
+	ZoneAware bool `yaml:"zone_aware"`
+	// ZoneAwareMinClusterSize is Envoy's zone_aware_lb_config
+	// min_cluster_size: a level with fewer hosts is balanced without
+	// regard to zones.
+	ZoneAwareMinClusterSize *int `yaml:"zone_aware_min_cluster_size"`
+}
+
+// Failover is the failover datacenters of an upstream (the Failover of
+// Consul's service-resolver config entry).
+type Failover struct {
+	Datacenters []string `yaml:"datacenters"`
 }
 
 // HashPolicy says what ring_hash and maglev hash on (Envoy's route hash_policy).
@@ -80,6 +98,8 @@ const (
 	DefaultRetryBase      = 25 * time.Millisecond
 	DefaultMaxBuffer      = 64 << 10
 	DefaultIdlePerHost    = 256
+	// DefaultZoneAwareMinClusterSize is Envoy's min_cluster_size.
+	DefaultZoneAwareMinClusterSize = 6
 	// DefaultRetryOn and DefaultNumRetries are Istio's default retry
 	// policy: retry only where the request never reached the app.
 	DefaultRetryOn    = "connect-failure,refused-stream"
@@ -145,6 +165,9 @@ func (s *Settings) SetDefaults() {
 	}
 	if s.MaxIdleConnsPerHost == 0 {
 		s.MaxIdleConnsPerHost = DefaultIdlePerHost
+	}
+	if s.ZoneAwareMinClusterSize == nil {
+		s.ZoneAwareMinClusterSize = new(DefaultZoneAwareMinClusterSize)
 	}
 }
 
@@ -245,7 +268,40 @@ func (s *Settings) Validate(p string) error {
 	if s.MaxIdleConnsPerHost < 0 {
 		return bad(p+".max_idle_connections_per_endpoint", s.MaxIdleConnsPerHost, "must be >= 0")
 	}
+	if f := s.Failover; f != nil {
+		if len(f.Datacenters) == 0 {
+			return bad(p+".failover.datacenters", nil, "must list at least one datacenter")
+		}
+		seen := map[string]int{}
+		for i, dc := range f.Datacenters {
+			k := fmt.Sprintf("%s.failover.datacenters[%d]", p, i)
+			if !ValidDatacenter(dc) {
+				return bad(k, dc, "is not a datacenter name (letters, digits, - and _)")
+			}
+			if j, dup := seen[dc]; dup {
+				return bad(k, dc, fmt.Sprintf("repeats %s.failover.datacenters[%d]", p, j))
+			}
+			seen[dc] = i
+		}
+	}
+	if n := s.ZoneAwareMinClusterSize; n != nil && *n < 0 {
+		return bad(p+".zone_aware_min_cluster_size", *n, "must be >= 0")
+	}
 	return nil
+}
+
+// ValidDatacenter reports whether name is a valid Consul datacenter name:
+// letters, digits, '-' and '_', at most 64 characters.
+func ValidDatacenter(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Validate checks a retry policy; p is its key path. Unset keys stand for

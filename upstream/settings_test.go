@@ -31,6 +31,12 @@ func TestValidateNamesKeyAndValue(t *testing.T) {
 			`upstreams[2].retry_policy.retriable_status_codes[1]: 99 is not an HTTP status code`},
 		{"panic", Settings{HealthyPanicThreshold: new(101.0)}, `upstreams[2].healthy_panic_threshold: 101 must be a percentage in 0..100`},
 		{"hash", Settings{HashPolicy: []HashPolicy{{Header: "x", SourceIP: true}}}, `upstreams[2].hash_policy[0]: set exactly one of header, source_ip`},
+		{"failover empty", Settings{Failover: &Failover{}}, `upstreams[2].failover.datacenters: must list at least one datacenter`},
+		{"failover dc name", Settings{Failover: &Failover{Datacenters: []string{"dc2", "dc 3"}}},
+			`upstreams[2].failover.datacenters[1]: "dc 3" is not a datacenter name (letters, digits, - and _)`},
+		{"failover dc repeated", Settings{Failover: &Failover{Datacenters: []string{"dc2", "dc2"}}},
+			`upstreams[2].failover.datacenters[1]: "dc2" repeats upstreams[2].failover.datacenters[0]`},
+		{"zone min size", Settings{ZoneAwareMinClusterSize: new(-1)}, `upstreams[2].zone_aware_min_cluster_size: -1 must be >= 0`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -48,10 +48,13 @@ func (o *Options) setDefaults() {
 // Stats describe the blocking query of one service, for /clusters and
 // metrics.
 type Stats struct {
-	Service   string
-	Version   uint64 // of the last snapshot published (0: none yet)
-	Endpoints int    // in that snapshot
-	Index     uint64 // X-Consul-Index of the last successful query
+	Service string
+	// Datacenter is the datacenter queried for a failover watch
+	// (WatchDatacenter); empty for the source's own.
+	Datacenter string
+	Version    uint64 // of the last snapshot published (0: none yet)
+	Endpoints  int    // in that snapshot
+	Index      uint64 // X-Consul-Index of the last successful query
 	// LastSuccess is when Consul last vouched for the endpoints; the age of
 	// the data in service is the time since (zero: never).
 	LastSuccess time.Time
@@ -153,7 +156,12 @@ func (s *Source) Stats() []Stats {
 	for _, st := range s.stats {
 		out = append(out, *st)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Service != out[j].Service {
+			return out[i].Service < out[j].Service
+		}
+		return out[i].Datacenter < out[j].Datacenter
+	})
 	return out
 }
 
@@ -168,23 +176,30 @@ func (s *Source) ServiceStats(service string) (st Stats, ok bool) {
 	return *p, true
 }
 
-func (s *Source) start(service string) {
+// start begins the blocking query behind a Fanout key: a service name, or
+// a service in another datacenter (dcKey).
+func (s *Source) start(key string) {
+	service, dc := splitKey(key)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.ResourceError(service, fmt.Errorf("consul: service %q: %w", service, discovery.ErrSourceClosed))
+		s.ResourceError(key, fmt.Errorf("consul: service %q: %w", service, discovery.ErrSourceClosed))
 		return
 	}
-	s.stats[service] = &Stats{Service: service}
+	s.stats[key] = &Stats{Service: service, Datacenter: dc}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go s.watch(service)
+	go s.watch(key)
 }
 
-// watch runs the blocking-query loop of one service until Close.
-func (s *Source) watch(service string) {
+// watch runs the blocking-query loop of one Fanout key until Close.
+func (s *Source) watch(key string) {
 	defer s.wg.Done()
+	service, dc := splitKey(key)
 	log := s.log.With("service", service)
+	if dc != "" {
+		log = log.With("datacenter", dc)
+	}
 	var (
 		index     uint64
 		last      *discovery.Snapshot
@@ -197,7 +212,7 @@ func (s *Source) watch(service string) {
 			return
 		}
 		lastStart = time.Now()
-		entries, got, err := s.query(service, index)
+		entries, got, err := s.query(service, dc, index)
 		if s.ctx.Err() != nil {
 			return
 		}
@@ -208,13 +223,13 @@ func (s *Source) watch(service string) {
 			// an index it may never reach.
 			index = 0
 			retryAt = time.Now().Add(s.bo.delay(failures))
-			s.recordFailure(service, err, failures)
+			s.recordFailure(key, err, failures)
 			if failures == 1 {
 				log.Warn("consul query failed; keeping the last endpoints", "err", err)
 			} else {
 				log.Debug("consul query failed again", "err", err, "consecutive_failures", failures)
 			}
-			s.AmbientError(service, fmt.Errorf("consul: service %q: %w: %w", service, discovery.ErrUnavailable, err))
+			s.AmbientError(key, fmt.Errorf("consul: service %q%s: %w: %w", service, inDC(dc), discovery.ErrUnavailable, err))
 			continue
 		}
 		if failures > 0 {
@@ -225,11 +240,11 @@ func (s *Source) watch(service string) {
 		if last != nil {
 			version = last.Version + 1
 		}
-		snap, err := discovery.NewSnapshot(service, version, endpointsOf(entries))
+		snap, err := discovery.NewSnapshot(key, version, endpointsOf(entries))
 		if err != nil {
 			// endpointsOf only yields valid, distinct endpoints; this is a bug.
 			log.Error("consul data rejected", "err", err)
-			s.AmbientError(service, err)
+			s.AmbientError(key, err)
 			continue
 		}
 		if last.Equal(snap) {
@@ -239,17 +254,20 @@ func (s *Source) watch(service string) {
 		}
 		last = snap
 		index = nextIndex(index, got)
-		s.recordSuccess(service, snap, got)
+		s.recordSuccess(key, snap, got)
 		s.Publish(snap)
 	}
 }
 
 // query runs one health query: blocking when index > 0, else an immediate read.
-func (s *Source) query(service string, index uint64) ([]*api.ServiceEntry, uint64, error) {
+func (s *Source) query(service, dc string, index uint64) ([]*api.ServiceEntry, uint64, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, queryTimeout(index, s.cfg.WaitTime, s.opts.RequestTimeout))
 	defer cancel()
+	if dc == "" {
+		dc = s.cfg.Datacenter
+	}
 	q := &api.QueryOptions{
-		Datacenter: s.cfg.Datacenter,
+		Datacenter: dc,
 		// As Consul's own agent cache does for this endpoint: any server may
 		// answer, so reads survive a lost leader.
 		AllowStale: true,
