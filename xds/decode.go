@@ -3,6 +3,7 @@ package xds
 import (
 	"encoding/hex"
 	"fmt"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -127,6 +128,14 @@ func DecodeCluster(c *clusterv3.Cluster) (DecodedCluster, error) {
 	s.HealthyPanicThreshold = new(float64(upstream.DefaultPanicThreshold))
 	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil {
 		s.HealthyPanicThreshold = new(p.GetValue())
+	}
+	if za := c.GetCommonLbConfig().GetZoneAwareLbConfig(); za != nil {
+		// routing_enabled is a runtime percentage in Envoy; any share turns
+		// zone-aware routing on here.
+		s.ZoneAware = za.GetRoutingEnabled() == nil || za.GetRoutingEnabled().GetValue() > 0
+		if m := za.GetMinClusterSize(); m != nil {
+			s.ZoneAwareMinClusterSize = new(int(min(m.GetValue(), math.MaxInt32)))
+		}
 	}
 	if od := c.GetOutlierDetection(); od != nil {
 		s.OutlierDetection = decodeOutlier(od)
@@ -343,10 +352,13 @@ func statusRanges(rs []*typev3.Int64Range) []health.StatusRange {
 }
 
 // DecodeLoadAssignment validates a ClusterLoadAssignment and returns its
-// endpoints. Only the endpoints of the lowest priority present are used
-// (Envoy's failover priorities are not implemented); locality weights are
-// ignored and endpoint weights are used as they are, as Envoy does without
-// locality-weighted load balancing. A missing load_balancing_weight is 1.
+// endpoints, each with its locality's priority, region and zone. Locality
+// weights are honoured as grpc-go's weighted_target (and Envoy's
+// locality_weighted_lb_config) do: within a priority, an endpoint's weight
+// becomes its share of its locality times the locality's weight
+// (localityWeights); a control plane whose locality weights are the sums of
+// their endpoints' weights, as ours, leaves the weights as they are. A
+// missing load_balancing_weight is 1.
 // Health maps HEALTHY and UNKNOWN to Healthy, DEGRADED to Degraded,
 // DRAINING to Draining and everything else to Unhealthy. Errors wrap
 // ErrInvalidResource, name the assignment and say what is wrong.
@@ -358,16 +370,11 @@ func DecodeLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]discovery.En
 	if name == "" {
 		return bad("cluster_name is empty")
 	}
-	minPrio, havePrio := uint32(0), false
-	for _, loc := range cla.GetEndpoints() {
-		if !havePrio || loc.GetPriority() < minPrio {
-			minPrio, havePrio = loc.GetPriority(), true
-		}
-	}
 	var eps []discovery.Endpoint
+	var locOf []int // locality index of each endpoint
 	seen := map[string]bool{}
 	i := -1
-	for _, loc := range cla.GetEndpoints() {
+	for li, loc := range cla.GetEndpoints() {
 		for _, lb := range loc.GetLbEndpoints() {
 			i++
 			ep := lb.GetEndpoint()
@@ -400,10 +407,8 @@ func DecodeLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]discovery.En
 				return bad("endpoint %d: duplicate address %s", i, addr)
 			}
 			seen[addr] = true
-			if loc.GetPriority() != minPrio {
-				continue
-			}
-			d := discovery.Endpoint{Address: addr, Weight: weight, Health: decodeHealth(lb.GetHealthStatus())}
+			d := discovery.Endpoint{Address: addr, Weight: weight, Health: decodeHealth(lb.GetHealthStatus()),
+				Priority: loc.GetPriority(), Region: loc.GetLocality().GetRegion(), Zone: loc.GetLocality().GetZone()}
 			if st := lb.GetMetadata().GetFilterMetadata()[metaNamespace]; st != nil {
 				d.Meta = make(map[string]string, len(st.GetFields()))
 				for k, v := range st.GetFields() {
@@ -412,12 +417,64 @@ func DecodeLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]discovery.En
 				d.MTLS = d.Meta[discovery.MetaMTLS] == "true"
 			}
 			eps = append(eps, d)
+			locOf = append(locOf, li)
 		}
 	}
 	if err := cla.ValidateAll(); err != nil {
 		return bad("%v", err)
 	}
+	localityWeights(cla.GetEndpoints(), eps, locOf)
 	return eps, nil
+}
+
+// localityWeights folds locality weights into endpoint weights, priority by
+// priority: with r(L) = weight(L) / Σ endpoint weights in L, an endpoint
+// of L weighs w · r(L) / max r, scaled for resolution (at most 1000 times)
+// and kept in 1..discovery.MaxWeight. When every locality of a priority
+// has the same r (or no weight), the weights stay as they are.
+func localityWeights(locs []*endpointv3.LocalityLbEndpoints, eps []discovery.Endpoint, locOf []int) {
+	sums := make([]uint64, len(locs))
+	for i, ep := range eps {
+		sums[locOf[i]] += uint64(ep.Weight)
+	}
+	ratio := func(li int) (float64, bool) {
+		w := locs[li].GetLoadBalancingWeight()
+		if w == nil || sums[li] == 0 {
+			return 0, false
+		}
+		return float64(w.GetValue()) / float64(sums[li]), true
+	}
+	byPrio := map[uint32][]int{} // endpoint indexes
+	for i, ep := range eps {
+		byPrio[ep.Priority] = append(byPrio[ep.Priority], i)
+	}
+	for _, idx := range byPrio {
+		rmax, same, first := 0.0, true, -1.0
+		var maxW uint32
+		for _, i := range idx {
+			r, ok := ratio(locOf[i])
+			if !ok {
+				same = false
+				r = 0
+			}
+			if first < 0 {
+				first = r
+			} else if r != first {
+				same = false
+			}
+			rmax = math.Max(rmax, r)
+			maxW = max(maxW, eps[i].Weight)
+		}
+		if same || rmax == 0 {
+			continue
+		}
+		k := math.Min(1000, float64(discovery.MaxWeight)/float64(maxW))
+		for _, i := range idx {
+			r, _ := ratio(locOf[i])
+			w := math.Round(float64(eps[i].Weight) * r / rmax * k)
+			eps[i].Weight = uint32(math.Max(1, math.Min(w, discovery.MaxWeight)))
+		}
+	}
 }
 
 func decodeHealth(h corev3.HealthStatus) discovery.Health {

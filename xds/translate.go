@@ -3,6 +3,7 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sort"
 	"strconv"
@@ -230,6 +231,16 @@ func Cluster(u Upstream) *clusterv3.Cluster {
 			HealthyPanicThreshold: &typev3.Percent{Value: *p},
 		}
 	}
+	if s.ZoneAware {
+		if c.CommonLbConfig == nil {
+			c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{}
+		}
+		za := &clusterv3.Cluster_CommonLbConfig_ZoneAwareLbConfig{RoutingEnabled: &typev3.Percent{Value: 100}}
+		if n := s.ZoneAwareMinClusterSize; n != nil {
+			za.MinClusterSize = wrapperspb.UInt64(uint64(*n))
+		}
+		c.CommonLbConfig.LocalityConfigSpecifier = &clusterv3.Cluster_CommonLbConfig_ZoneAwareLbConfig_{ZoneAwareLbConfig: za}
+	}
 	if o := s.OutlierDetection; o != nil {
 		c.OutlierDetection = outlierDetection(o)
 	}
@@ -374,7 +385,18 @@ func loadAssignment(service string, snap *discovery.Snapshot) (*endpointv3.Clust
 		return cla, nil
 	}
 	var errs []error
-	lbs := make([]*endpointv3.LbEndpoint, 0, len(snap.Endpoints))
+	// One LocalityLbEndpoints per priority, region and zone. Priorities
+	// are renumbered densely from 0 (a level with no endpoints takes no
+	// load anyway, and grpc-go refuses gaps). A locality's weight is the
+	// sum of its endpoints' weights, so locality-weighted balancing gives
+	// every endpoint the share its weight says.
+	type locKey struct {
+		prio         uint32
+		region, zone string
+	}
+	byLoc := map[locKey]*endpointv3.LocalityLbEndpoints{}
+	sums := map[locKey]uint64{}
+	var keys []locKey
 	for _, ep := range snap.Endpoints {
 		host, port, err := splitAddress(ep.Address)
 		if err != nil {
@@ -404,14 +426,35 @@ func loadAssignment(service string, snap *discovery.Snapshot) (*endpointv3.Clust
 				lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metaNamespace: st}}
 			}
 		}
-		lbs = append(lbs, lb)
+		k := locKey{ep.Priority, ep.Region, ep.Zone}
+		loc := byLoc[k]
+		if loc == nil {
+			loc = &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Region: ep.Region, Zone: ep.Zone}}
+			byLoc[k] = loc
+			keys = append(keys, k)
+		}
+		loc.LbEndpoints = append(loc.LbEndpoints, lb)
+		sums[k] += uint64(ep.Weight)
 	}
-	if len(lbs) > 0 {
-		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{
-			Locality:            &corev3.Locality{},
-			LbEndpoints:         lbs,
-			LoadBalancingWeight: u32(1),
-		}}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.prio != b.prio {
+			return a.prio < b.prio
+		}
+		if a.region != b.region {
+			return a.region < b.region
+		}
+		return a.zone < b.zone
+	})
+	dense := uint32(0)
+	for i, k := range keys {
+		if i > 0 && k.prio != keys[i-1].prio {
+			dense++
+		}
+		loc := byLoc[k]
+		loc.Priority = dense
+		loc.LoadBalancingWeight = u32(uint32(min(sums[k], math.MaxUint32)))
+		cla.Endpoints = append(cla.Endpoints, loc)
 	}
 	return cla, errors.Join(errs...)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -207,9 +208,13 @@ func TestResourcesLeavesOutBadAddresses(t *testing.T) {
 // cdsPart is what a Cluster carries of an upstream's settings: the rest
 // (route and listener settings) is left out.
 func cdsPart(s upstream.Settings) upstream.Settings {
-	return upstream.Settings{LBPolicy: s.LBPolicy, LB: s.LB, ConnectTimeout: s.ConnectTimeout,
+	out := upstream.Settings{LBPolicy: s.LBPolicy, LB: s.LB, ConnectTimeout: s.ConnectTimeout,
 		HealthyPanicThreshold: s.HealthyPanicThreshold, OutlierDetection: s.OutlierDetection,
 		CircuitBreakers: s.CircuitBreakers, HealthCheck: s.HealthCheck}
+	if s.ZoneAware { // zone_aware_lb_config (with its min_cluster_size) only when on
+		out.ZoneAware, out.ZoneAwareMinClusterSize = true, s.ZoneAwareMinClusterSize
+	}
+	return out
 }
 
 // The client decodes what the server encodes: settings that carry every
@@ -235,6 +240,7 @@ func TestClusterRoundTrip(t *testing.T) {
 		})},
 		{"maglev", with(func(s *upstream.Settings) { s.LBPolicy, s.LB.Maglev.TableSize = balancer.Maglev, 251 })},
 		{"no_panic_mode", with(func(s *upstream.Settings) { s.HealthyPanicThreshold = ptr(0.0) })},
+		{"zone_aware", with(func(s *upstream.Settings) { s.ZoneAware, s.ZoneAwareMinClusterSize = true, ptr(3) })},
 		{"outlier_zeros", with(func(s *upstream.Settings) {
 			o := *s.OutlierDetection
 			o.EnforcingConsecutive5xx, o.MaxEjectionPercent, o.AlwaysEjectOneHost = ptr[uint32](0), ptr[uint32](0), ptr(false)
@@ -394,21 +400,73 @@ func TestDecodeRejects(t *testing.T) {
 	}
 }
 
-func TestDecodeLowestPriorityOnly(t *testing.T) {
-	cla, err := loadAssignment("api", mustSnap(t, "api", 1, discovery.Endpoint{Address: "127.0.0.1:1", Weight: 1}))
+// The server groups endpoints into localities by priority, region and
+// zone (priorities renumbered densely, locality weight = Σ endpoint
+// weights), and the client gets every endpoint back with its priority and
+// locality and its own weight.
+func TestLocalitiesRoundTrip(t *testing.T) {
+	in := []discovery.Endpoint{
+		{Address: "127.0.0.1:1", Weight: 2, Region: "dc1", Zone: "a"},
+		{Address: "127.0.0.1:2", Weight: 3, Region: "dc1", Zone: "a"},
+		{Address: "127.0.0.1:3", Weight: 1, Region: "dc1", Zone: "b"},
+		{Address: "127.0.0.1:4", Weight: 1, Region: "dc2", Priority: 2, Health: discovery.Unhealthy},
+	}
+	cla, err := loadAssignment("api", mustSnap(t, "api", 1, in...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	failover := proto.Clone(cla.Endpoints[0]).(*endpointv3.LocalityLbEndpoints)
-	failover.Priority = 1
-	failover.LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().Address = "127.0.0.9"
-	cla.Endpoints = append(cla.Endpoints, failover)
+	type loc struct {
+		prio, weight uint32
+		region, zone string
+		n            int
+	}
+	var got []loc
+	for _, l := range cla.Endpoints {
+		got = append(got, loc{l.Priority, l.LoadBalancingWeight.GetValue(), l.Locality.Region, l.Locality.Zone, len(l.LbEndpoints)})
+	}
+	want := []loc{{0, 5, "dc1", "a", 2}, {0, 1, "dc1", "b", 1}, {1, 1, "dc2", "", 1}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("localities %+v, want %+v", got, want)
+	}
 	eps, err := DecodeLoadAssignment(cla)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(eps) != 1 || eps[0].Address != "127.0.0.1:1" {
-		t.Fatalf("got %+v, want only the priority-0 endpoint", eps)
+	in[3].Priority = 1 // renumbered densely
+	if !reflect.DeepEqual(eps, in) {
+		t.Fatalf("decoded %+v, want %+v", eps, in)
+	}
+}
+
+// Locality weights that are not the sums of their endpoints' weights
+// reweigh the endpoints: each locality takes its weight's share of its
+// priority.
+func TestDecodeLocalityWeights(t *testing.T) {
+	cla, err := loadAssignment("api", mustSnap(t, "api", 1,
+		discovery.Endpoint{Address: "127.0.0.1:1", Weight: 1, Zone: "a"},
+		discovery.Endpoint{Address: "127.0.0.1:2", Weight: 1, Zone: "a"},
+		discovery.Endpoint{Address: "127.0.0.1:3", Weight: 1, Zone: "b"},
+		discovery.Endpoint{Address: "127.0.0.1:4", Weight: 5, Zone: "c", Priority: 1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Zone a (2 endpoints) weighs 1, zone b (1 endpoint) weighs 3: b takes
+	// 75 %, each endpoint of a 12.5 %.
+	cla.Endpoints[0].LoadBalancingWeight.Value = 1
+	cla.Endpoints[1].LoadBalancingWeight.Value = 3
+	eps, err := DecodeLoadAssignment(cla)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := map[string]uint32{}
+	for _, ep := range eps {
+		w[ep.Address] = ep.Weight
+	}
+	if r := float64(w["127.0.0.1:3"]) / float64(w["127.0.0.1:1"]); w["127.0.0.1:1"] != w["127.0.0.1:2"] || math.Abs(r-6) > 0.05 {
+		t.Fatalf("weights %v, want zone b's endpoint at 6 times each of zone a's", w)
+	}
+	if w["127.0.0.1:4"] != 5 {
+		t.Fatalf("weights %v: the priority-1 endpoint (alone in its priority) keeps its weight 5", w)
 	}
 }
 
