@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,4 +293,58 @@ upstreams:
 	if want := `upstreams[0].failover.datacenters[1]: "dc9" is not a datacenter Consul knows`; !strings.Contains(string(out), want) {
 		t.Fatalf("output lacks %q:\n%s", want, out)
 	}
+}
+
+// writePriorities writes the endpoints file of service api: addresses by
+// priority level.
+func writePriorities(t *testing.T, path string, levels ...[]string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("services:\n  api:\n")
+	for prio, addrs := range levels {
+		for _, a := range addrs {
+			fmt.Fprintf(&b, "    - {address: %s, priority: %d}\n", a, prio)
+		}
+	}
+	if err := os.WriteFile(path+".tmp", []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A sidecar fed over xDS keeps the priorities of the control plane's
+// endpoints file: priority 1 serves only once every priority-0 endpoint
+// fails its health checks.
+func TestXDSPriorities(t *testing.T) {
+	var sick atomic.Bool
+	h := func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && sick.Load() {
+			http.Error(w, "sick", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}
+	p0 := []*Backend{startBackend(t, "p0-a", h), startBackend(t, "p0-b", h)}
+	p1 := startBackend(t, "p1", nil)
+	ups := []xdsUpstream{{service: "api"}}
+	cp := startXDSControlPlane(t, "standalone", ups, xdsEPs{"api": {{addr: p1.Addr, weight: 1}}})
+	writePriorities(t, cp.EPFile, []string{p0[0].Addr, p0[1].Addr}, []string{p1.Addr})
+	sc, listen := startXDSClient(t, "xds-prio", cp.Addr, []xdsUpstream{{service: "api",
+		keys: []string{"lb_policy: round_robin", "health_check: {http: {path: /healthz}, interval: 200ms, no_traffic_interval: 200ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1}"}}})
+	url := "http://" + listen["api"] + "/"
+	waitLoads(t, sc, 20*time.Second, "priority 0 takes all", [3]float64{2, 2, 100}, [3]float64{1, 1, 0})
+	counts, failed := load(t, url, 200, 4)
+	if failed != 0 || counts["p1"] != 0 {
+		t.Fatalf("priority 0 healthy: %v, %d failed; want nothing on priority 1", counts, failed)
+	}
+	sick.Store(true)
+	waitLoads(t, sc, 10*time.Second, "priority 0 unhealthy: priority 1 takes all", [3]float64{0, 2, 0}, [3]float64{1, 1, 100})
+	counts, failed = load(t, url, 200, 4)
+	if failed != 0 || counts["p1"] != 200 {
+		t.Fatalf("priority 0 unhealthy: %v, %d failed; want everything on priority 1", counts, failed)
+	}
+	sick.Store(false)
+	waitLoads(t, sc, 10*time.Second, "priority 0 back", [3]float64{2, 2, 100}, [3]float64{1, 1, 0})
 }
