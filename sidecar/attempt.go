@@ -184,6 +184,7 @@ func (r *proxyRequest) begin(p picked, n int) (*try, *http.Request) {
 	} else {
 		a.ctx, a.span = c.tp.StartClient(a.ctx, req, r.up, n)
 		tracing.SetEndpoint(a.span, p.Host.Addr)
+		tracing.SetLocality(a.span, p.Priority, p.Zone)
 		c.tp.Inject(a.ctx, req.Header)
 	}
 	a.start = time.Now()

@@ -111,6 +111,8 @@ type Cluster struct {
 	prioSeen map[uint32]bool
 	// localZone is the sidecar's own zone (set before start).
 	localZone string
+	// origin is the local cluster's hosts per zone (nil: unknown).
+	origin map[string]int
 
 	mu           sync.Mutex
 	hosts        map[string]*Host
@@ -532,6 +534,18 @@ func (c *Cluster) rebuild() {
 			return
 		}
 		lv.picker, lv.hosts, lv.weights = p, use, weights
+		lv.zones = make([]string, len(use))
+		for j, h := range use {
+			lv.zones[j] = h.zone
+		}
+		if c.eff.ZoneAware && c.localZone != "" {
+			zr, zs, err := c.zoneRouteFor(g, use, lv.panic, c.origin, now, ramping)
+			if err != nil {
+				c.log.Error("cannot build zone pickers; keeping the previous ones", "err", err)
+				return
+			}
+			lv.zr, lv.zs = zr, &zs
+		}
 		st.n += len(use)
 	}
 	// A level left with nothing to pick gives its load to the others.
@@ -692,6 +706,8 @@ type PriorityStatus struct {
 	Health         float64 `json:"health"`
 	LoadPercent    float64 `json:"load_percent"`
 	Panic          bool    `json:"panic_mode"`
+	// ZoneRouting is the zone-aware routing state (zone_aware upstreams).
+	ZoneRouting *ZoneStatus `json:"zone_routing,omitempty"`
 }
 
 // EndpointStatus is the /clusters view of one endpoint.
@@ -749,6 +765,7 @@ func (c *Cluster) Status() ClusterStatus {
 			Priority: lv.priority, HealthyHosts: lv.healthy, TotalHosts: lv.total,
 			HealthyPercent: 100 * float64(lv.healthy) / float64(max(lv.total, 1)),
 			Health:         lv.health, LoadPercent: lv.load, Panic: lv.panic,
+			ZoneRouting: lv.zs,
 		})
 	}
 	addrs := make([]string, 0, len(c.hosts))

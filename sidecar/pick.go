@@ -19,6 +19,9 @@ type picked struct {
 	// Panic reports that the cluster balanced over all hosts because too
 	// few were eligible (the host may be ejected or failing checks).
 	Panic bool
+	// Priority and Zone are the host's priority level and zone.
+	Priority uint32
+	Zone     string
 
 	c     *Cluster
 	br    *breaker.Breaker // non-nil: the attempt holds a max_requests slot
@@ -97,6 +100,18 @@ func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (picked, error) {
 	if n == 0 {
 		return picked{}, ErrNoHealthyUpstream
 	}
+	if lv.zr != nil {
+		h, zone, ok := lv.zr.pick(info)
+		for k := 0; ok && k < 3 && h == avoid && n > 1; k++ {
+			h, zone, ok = lv.zr.pick(info)
+		}
+		if !ok {
+			return picked{}, ErrNoHealthyUpstream
+		}
+		h.Active.Add(1)
+		h.RqTotal.Add(1)
+		return picked{Host: h, Panic: lv.panic, Priority: lv.priority, Zone: zone, c: c}, nil
+	}
 	i := lv.picker.Pick(info)
 	if i < 0 {
 		return picked{}, ErrNoHealthyUpstream
@@ -112,7 +127,7 @@ func (c *Cluster) pick(info *balancer.PickInfo, avoid *Host) (picked, error) {
 	h := lv.hosts[i]
 	h.Active.Add(1)
 	h.RqTotal.Add(1)
-	return picked{Host: h, Panic: lv.panic, c: c}, nil
+	return picked{Host: h, Panic: lv.panic, Priority: lv.priority, Zone: lv.zones[i], c: c}, nil
 }
 
 // breakerPicker is the circuit breaker around the cluster's picker for

@@ -98,7 +98,11 @@ type level struct {
 	healthy  int // eligible hosts
 	total    int // every host of the level, source-unhealthy ones included
 	health   float64
-	load     float64 // percent of the traffic
+	load     float64  // percent of the traffic
+	zones    []string // zone of each host, by hosts index
+	// zr is the level's zone-aware routing (nil: off); zs its status.
+	zr *zoneRoute
+	zs *ZoneStatus
 }
 
 // chooseLevel picks the level a request goes to: by the request hash when

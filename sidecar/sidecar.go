@@ -215,6 +215,7 @@ func (s *Sidecar) Start() error {
 	for _, c := range s.clusters {
 		c.start(s.src)
 	}
+	s.watchOrigin()
 	for _, nl := range s.outbound {
 		c := s.byName[nl.name]
 		s.serveCluster(c, nl.ln)

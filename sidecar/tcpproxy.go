@@ -128,11 +128,13 @@ func (p *tcpProxy) handle(down net.Conn) {
 		}
 		if pk.Host != nil {
 			tracing.SetEndpoint(span, pk.Host.Addr)
+			tracing.SetLocality(span, pk.Priority, pk.Zone)
 		}
 		tracing.EndTCP(span, 0, 0, tcpOutcome(err))
 		return // close: the contract's answer for TCP
 	}
 	tracing.SetEndpoint(span, pk.Host.Addr)
+	tracing.SetLocality(span, pk.Priority, pk.Zone)
 	p.track(up, true)
 	defer p.track(up, false)
 	defer up.Close()

@@ -21,6 +21,11 @@ const (
 	AttrUpstream = attribute.Key("sidemesh.upstream")
 	// AttrLBPolicy is that upstream's load-balancing policy.
 	AttrLBPolicy = attribute.Key("sidemesh.lb_policy")
+	// AttrPriority is the priority level of the endpoint an attempt went to
+	// (0 = preferred; a higher one means failover).
+	AttrPriority = attribute.Key("sidemesh.upstream.priority")
+	// AttrZone is the zone of that endpoint, when it has one.
+	AttrZone = attribute.Key("sidemesh.upstream.zone")
 	// AttrOutcome is what the proxy made of the request or attempt; see Outcome.
 	AttrOutcome = attribute.Key("sidemesh.outcome")
 	// AttrBytesSent is, on a TCP span, the bytes copied from the downstream
@@ -247,6 +252,19 @@ func SetEndpoint(span trace.Span, addr string) {
 		return
 	}
 	span.SetAttributes(semconv.ServerAddress(host), semconv.ServerPort(port))
+}
+
+// SetLocality records the priority level and zone of the endpoint an
+// attempt or connection went to.
+func SetLocality(span trace.Span, priority uint32, zone string) {
+	if !span.IsRecording() {
+		return
+	}
+	if zone == "" {
+		span.SetAttributes(AttrPriority.Int64(int64(priority)))
+		return
+	}
+	span.SetAttributes(AttrPriority.Int64(int64(priority)), AttrZone.String(zone))
 }
 
 // EndHTTP records the response status (0: none was received) and the outcome,
