@@ -348,3 +348,54 @@ func TestXDSPriorities(t *testing.T) {
 	sick.Store(false)
 	waitLoads(t, sc, 10*time.Second, "priority 0 back", [3]float64{2, 2, 100}, [3]float64{1, 1, 0})
 }
+
+// Zone-aware routing end to end: the sidecar in zone a, its own service
+// web spread evenly over a, b and c, the api endpoints 1/2/3 over a/b/c.
+// Envoy's algorithm keeps (1/6)/(1/3) = 50 % in zone a and spills the
+// rest to c, the only zone with spare capacity (b has exactly its share).
+func TestZoneAwareSplit(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("services:\n  web:\n")
+	for i, z := range []string{"a", "b", "c"} {
+		fmt.Fprintf(&b, "    - {address: 127.0.0.1:%d, zone: %s}\n", 1001+i, z)
+	}
+	b.WriteString("  api:\n")
+	zoneOf := map[string]string{}
+	for i, z := range []string{"a", "b", "b", "c", "c", "c"} {
+		be := startBackend(t, fmt.Sprintf("api-%d", i), nil)
+		zoneOf[be.Name] = z
+		fmt.Fprintf(&b, "    - {address: %s, zone: %s}\n", be.Addr, z)
+	}
+	epFile := filepath.Join(t.TempDir(), "endpoints.yaml")
+	if err := os.WriteFile(epFile, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	up := freeAddr(t)
+	sc := startSidecar(t, "zone-a", fmt.Sprintf(`node: zone-a-1
+zone: a
+service: {name: web, port: 1001}
+discovery: {file: %s}
+upstreams:
+  - service: api
+    listen: %s
+    lb_policy: round_robin
+    zone_aware: true
+`, epFile, up), true)
+	testenv.Eventually(t, 10*time.Second, "zone routing in /clusters", func() error {
+		_, body := sc.Get(t, "/clusters")
+		if !strings.Contains(body, `"state": "spill"`) {
+			return fmt.Errorf("no spill state yet: %s", body)
+		}
+		return nil
+	})
+	counts, failed := load(t, "http://"+up+"/", consulLoadN, consulLoadC)
+	byZone := map[string]int{}
+	for name, n := range counts {
+		byZone[zoneOf[name]] += n
+	}
+	a := 100 * float64(byZone["a"]) / consulLoadN
+	t.Logf("zone a sidecar: by zone %v over %d requests (a %.1f %%)", byZone, consulLoadN, a)
+	if failed != 0 || byZone["b"] != 0 || math.Abs(a-50) > consulShareTolerance {
+		t.Errorf("by zone %v, %d failed: want a 50 ± %.0f %%, c the rest, b none", byZone, failed, consulShareTolerance)
+	}
+}
