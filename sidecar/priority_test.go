@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"reflect"
 	"testing"
 
 	"github.com/sidemesh/sidemesh/discovery"
@@ -122,6 +123,44 @@ func TestClusterPriorityLoad(t *testing.T) {
 		cs.Priorities[0].HealthyPercent != 50 || cs.Priorities[1].LoadPercent != 30 {
 		t.Fatalf("/clusters priorities %+v", cs.Priorities)
 	}
+	if got, want := priorityLoads(t, c), map[string]float64{"0": 0.7, "1": 0.3}; !reflect.DeepEqual(got, want) {
+		t.Errorf("sidemesh_upstream_priority_load %v, want %v", got, want)
+	}
+	// Priority 1 goes away: its series goes with it.
+	var p0 []discovery.Endpoint
+	for _, ep := range eps {
+		if ep.Priority == 0 {
+			p0 = append(p0, ep)
+		}
+	}
+	snap, _ := discovery.NewSnapshot("api", 2, p0)
+	c.onUpdate(snap)
+	if got, want := priorityLoads(t, c), map[string]float64{"0": 1}; !reflect.DeepEqual(got, want) {
+		t.Errorf("sidemesh_upstream_priority_load %v after priority 1 left, want %v", got, want)
+	}
+}
+
+// priorityLoads gathers sidemesh_upstream_priority_load by priority.
+func priorityLoads(t *testing.T, c *Cluster) map[string]float64 {
+	t.Helper()
+	mfs, err := c.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "sidemesh_upstream_priority_load" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "priority" {
+					out[l.GetValue()] = math.Round(m.GetGauge().GetValue()*1e9) / 1e9
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Every priority-0 endpoint unhealthy: priority 1 takes all, no panic.
