@@ -297,16 +297,29 @@ func TestMTLSImpostorAcrossPods(t *testing.T) {
 	startMeshSidecar(t, imp, m.consul, "impostor-1", fmt.Sprintf(
 		"service: {name: api, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: strict, cert_file: %q, key_file: %q, ca_file: %q}\n",
 		meshApp, meshInbound, imp.pod.IP, filepath.Join(dir, "web.crt"), filepath.Join(dir, "web.key"), filepath.Join(dir, "ca.crt")))
-	// Wait until web knows both instances.
-	testenv.Eventually(t, 15*time.Second, "web sees two api instances", func() error {
+	// Wait until web knows both instances, the impostor healthy (a
+	// Consul-critical instance is listed but never picked).
+	testenv.Eventually(t, 15*time.Second, "web sees two healthy api instances", func() error {
 		_, body, err := m.web.get(fmt.Sprintf("http://127.0.0.1:%d/clusters", meshAdmin))
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(body, imp.pod.Addr(meshInbound)) {
-			return fmt.Errorf("impostor not in /clusters")
+		var v struct {
+			Clusters []struct {
+				Endpoints []struct{ Address, Health string } `json:"endpoints"`
+			} `json:"clusters"`
 		}
-		return nil
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			return err
+		}
+		for _, c := range v.Clusters {
+			for _, ep := range c.Endpoints {
+				if ep.Address == imp.pod.Addr(meshInbound) && ep.Health == "healthy" {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("impostor not healthy in /clusters")
 	})
 	for i := range 40 {
 		code, body, _, err := m.viaWeb("/x")
