@@ -25,7 +25,16 @@ type failoverSource struct {
 	watches map[string][]*consul.FailoverWatch
 }
 
-var _ discovery.Source = (*failoverSource)(nil)
+var (
+	_ discovery.Source  = (*failoverSource)(nil)
+	_ discovery.Catalog = (*failoverSource)(nil)
+)
+
+// WatchServices implements discovery.Catalog: the services of the local
+// datacenter, as the Consul source lists them.
+func (f *failoverSource) WatchServices(fn func(services []string)) (cancel func()) {
+	return f.c.WatchServices(fn)
+}
 
 func newFailoverSource(c *consul.Source, cfg *Config) *failoverSource {
 	f := &failoverSource{c: c, fixed: map[string][]string{}, watches: map[string][]*consul.FailoverWatch{}}
