@@ -728,9 +728,12 @@ type EndpointStatus struct {
 
 // Status reports the cluster for /clusters.
 func (c *Cluster) Status() ClusterStatus {
-	st := c.state.Load()
+	// The pick state and the hosts' eligibility are read under mu, which
+	// rebuild holds while it sets both: healthy_hosts, panic_mode and the
+	// priorities tell one consistent story.
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	st := c.state.Load()
 	cs := ClusterStatus{
 		Name: c.Name, Listen: c.cfg.Listen, Protocol: c.cfg.Protocol, LBPolicy: c.lbPolicy,
 		Ready: c.haveFirst, Panic: st.panic, TotalHosts: len(c.hosts),
@@ -792,6 +795,8 @@ func (c *Cluster) Status() ClusterStatus {
 			es.Health = "unhealthy"
 		default:
 			es.Health = "healthy"
+		}
+		if h.eligible {
 			cs.HealthyHosts++
 		}
 		if od := h.outlier(); od != nil {
