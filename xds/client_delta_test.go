@@ -19,6 +19,7 @@ import (
 type fakeDeltaADS struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 	reqs chan *discoveryv3.DeltaDiscoveryRequest
+	held []*discoveryv3.DeltaDiscoveryRequest // read while waiting for another type, in order
 }
 
 func (f *fakeDeltaADS) DeltaAggregatedResources(st discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
@@ -35,8 +36,17 @@ func (f *fakeDeltaADS) DeltaAggregatedResources(st discoveryv3.AggregatedDiscove
 	}
 }
 
+// next returns the client's next request of typeURL. Requests of other
+// types read meanwhile are held for later calls: the client sends its
+// CDS and EDS requests in no fixed order.
 func (f *fakeDeltaADS) next(t *testing.T, typeURL string) *discoveryv3.DeltaDiscoveryRequest {
 	t.Helper()
+	for i, r := range f.held {
+		if r.GetTypeUrl() == typeURL {
+			f.held = append(f.held[:i], f.held[i+1:]...)
+			return r
+		}
+	}
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
@@ -44,6 +54,7 @@ func (f *fakeDeltaADS) next(t *testing.T, typeURL string) *discoveryv3.DeltaDisc
 			if r.GetTypeUrl() == typeURL {
 				return r
 			}
+			f.held = append(f.held, r)
 		case <-timeout:
 			t.Fatalf("no delta %s request", typeURL)
 		}
