@@ -117,6 +117,7 @@ type fakeADS struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 	reqs  chan *discoveryv3.DiscoveryRequest
 	resps chan *discoveryv3.DiscoveryResponse
+	held  []*discoveryv3.DiscoveryRequest // read while waiting for another type, in order
 }
 
 func (f *fakeADS) StreamAggregatedResources(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
@@ -147,8 +148,16 @@ func (f *fakeADS) StreamAggregatedResources(st discoveryv3.AggregatedDiscoverySe
 
 // next returns the client's next request of type typeURL, dropping
 // requests of other types.
+// next returns the client's next request of typeURL; requests of other
+// types read meanwhile are held for later calls.
 func (f *fakeADS) next(t *testing.T, typeURL string) *discoveryv3.DiscoveryRequest {
 	t.Helper()
+	for i, r := range f.held {
+		if r.GetTypeUrl() == typeURL {
+			f.held = append(f.held[:i], f.held[i+1:]...)
+			return r
+		}
+	}
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
@@ -156,6 +165,7 @@ func (f *fakeADS) next(t *testing.T, typeURL string) *discoveryv3.DiscoveryReque
 			if r.GetTypeUrl() == typeURL {
 				return r
 			}
+			f.held = append(f.held, r)
 		case <-timeout:
 			t.Fatalf("no %s request", typeURL)
 		}
