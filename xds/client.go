@@ -477,9 +477,74 @@ type typeState struct {
 	sent    []string // names last sent on this stream; nil: never sent
 }
 
-type recvResult struct {
-	resp *discoveryv3.DiscoveryResponse
-	err  error
+// streamLoop runs the part of one ADS stream that the state-of-the-world
+// and delta protocols share: a reader goroutine for recv, resubscribe at
+// the start and whenever a watch is added or cancelled (kick), the first
+// response marking the stream up (upStats, under statsMu), and every
+// response handed to handle until the stream fails, handle fails or the
+// client closes. received says whether any response arrived. cancel ends
+// the stream's context; the reader is waited for before returning.
+func streamLoop[R any](c *Client, cancel context.CancelFunc, recv func() (R, error), resubscribe func() error,
+	upStats func(*ClientStats), upMsg string, handle func(R) error) (received bool, err error) {
+	type result struct {
+		resp R
+		err  error
+	}
+	ctx := c.ctx
+	msgs := make(chan result)
+	stop := make(chan struct{})
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			resp, err := recv()
+			select {
+			case msgs <- result{resp, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		cancel() // ends recv
+		<-readerDone
+	}()
+	if err := resubscribe(); err != nil {
+		return false, err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return received, ErrClosed
+		case <-c.kick:
+			if err := resubscribe(); err != nil {
+				return received, err
+			}
+		case r := <-msgs:
+			if r.err != nil {
+				return received, r.err
+			}
+			if !received {
+				received = true
+				c.outage = false
+				c.statsMu.Lock()
+				upStats(&c.stats)
+				c.statsMu.Unlock()
+				c.log.Info(upMsg)
+			}
+			if err := handle(r.resp); err != nil {
+				return received, err
+			}
+			// A CDS response may change EDS names.
+			if err := resubscribe(); err != nil {
+				return received, err
+			}
+		}
+	}
 }
 
 // stream runs one ADS stream until it fails or the client closes.
@@ -495,27 +560,6 @@ func (c *Client) stream() (received bool, err error) {
 	c.stats.Streams++
 	c.stats.Delta = false
 	c.statsMu.Unlock()
-
-	recv := make(chan recvResult)
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		for {
-			resp, err := st.Recv()
-			select {
-			case recv <- recvResult{resp, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		cancel()
-		<-readerDone
-	}()
 
 	states := map[string]*typeState{}
 	for _, t := range clientTypes {
@@ -553,53 +597,31 @@ func (c *Client) stream() (received bool, err error) {
 		}
 		return nil
 	}
-	if err := resubscribe(); err != nil {
-		return false, err
-	}
-	for {
-		select {
-		case <-c.ctx.Done():
-			return received, ErrClosed
-		case <-c.kick:
-			if err := resubscribe(); err != nil {
-				return received, err
-			}
-		case r := <-recv:
-			if r.err != nil {
-				return received, r.err
-			}
-			if !received {
-				received = true
-				c.outage = false
-				c.statsMu.Lock()
-				c.stats.Connected = true
-				c.statsMu.Unlock()
-				c.log.Info("xDS stream up")
-			}
-			t := r.resp.GetTypeUrl()
+	return streamLoop(c, cancel, st.Recv, resubscribe,
+		func(cs *ClientStats) { cs.Connected = true }, "xDS stream up",
+		func(resp *discoveryv3.DiscoveryResponse) error {
+			t := resp.GetTypeUrl()
 			s, ok := states[t]
 			if !ok {
 				c.log.Warn("response of a type never requested ignored", "type", t)
-				continue
+				return nil
 			}
-			s.nonce = r.resp.GetNonce()
-			errs := c.handle(r.resp)
+			s.nonce = resp.GetNonce()
+			errs := c.handle(resp)
 			var detail *statuspb.Status
 			if len(errs) == 0 {
-				s.version = r.resp.GetVersionInfo()
+				s.version = resp.GetVersionInfo()
 			} else {
-				detail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: errors.Join(errs...).Error()}
+				detail = nackStatus(errs)
 			}
-			c.record(r.resp, detail)
-			if err := send(t, detail); err != nil {
-				return received, err
-			}
-			// A CDS response may change EDS names.
-			if err := resubscribe(); err != nil {
-				return received, err
-			}
-		}
-	}
+			c.record(resp, detail)
+			return send(t, detail)
+		})
+}
+
+// nackStatus is the error_detail of a NACK naming every problem found.
+func nackStatus(errs []error) *statuspb.Status {
+	return &statuspb.Status{Code: int32(codes.InvalidArgument), Message: errors.Join(errs...).Error()}
 }
 
 func slicesEqual(a, b []string) bool {

@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 
@@ -10,7 +9,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sidemesh/sidemesh/discovery"
@@ -20,11 +18,6 @@ import (
 type deltaRes struct {
 	version string
 	res     *anypb.Any
-}
-
-type deltaRecv struct {
-	resp *discoveryv3.DeltaDiscoveryResponse
-	err  error
 }
 
 // streamDelta runs one delta (incremental) ADS stream until it fails or
@@ -45,26 +38,6 @@ func (c *Client) streamDelta() (received bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	recv := make(chan deltaRecv)
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		for {
-			resp, err := st.Recv()
-			select {
-			case recv <- deltaRecv{resp, err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		cancel()
-		<-readerDone
-	}()
 
 	sent := map[string]map[string]bool{} // type → names subscribed on this stream
 	first := true
@@ -124,51 +97,25 @@ func (c *Client) streamDelta() (received bool, err error) {
 		}
 		return nil
 	}
-	if err := resubscribe(); err != nil {
-		return false, err
-	}
-	for {
-		select {
-		case <-c.ctx.Done():
-			return received, ErrClosed
-		case <-c.kick:
-			if err := resubscribe(); err != nil {
-				return received, err
-			}
-		case r := <-recv:
-			if r.err != nil {
-				return received, r.err
-			}
-			if !received {
-				received = true
-				c.outage = false
-				c.statsMu.Lock()
-				c.stats.Connected, c.stats.Delta = true, true
-				c.stats.Streams++
-				c.statsMu.Unlock()
-				c.log.Info("xDS stream up (delta)")
-			}
-			resp := r.resp
+	return streamLoop(c, cancel, st.Recv, resubscribe,
+		func(cs *ClientStats) {
+			cs.Connected, cs.Delta = true, true
+			cs.Streams++
+		}, "xDS stream up (delta)",
+		func(resp *discoveryv3.DeltaDiscoveryResponse) error {
 			t := resp.GetTypeUrl()
 			if _, ok := sent[t]; !ok {
 				c.log.Warn("delta response of a type never requested ignored", "type", t)
-				continue
+				return nil
 			}
 			errs := c.handleDelta(resp)
 			var detail *statuspb.Status
 			if len(errs) > 0 {
-				detail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: errors.Join(errs...).Error()}
+				detail = nackStatus(errs)
 			}
 			c.recordStats(t, resp.GetSystemVersionInfo(), resp.GetNonce(), detail)
-			if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(), ErrorDetail: detail}); err != nil {
-				return received, err
-			}
-			// A CDS response may change EDS names.
-			if err := resubscribe(); err != nil {
-				return received, err
-			}
-		}
-	}
+			return st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(), ErrorDetail: detail})
+		})
 }
 
 // handleDelta applies one delta response through the SotW handlers.

@@ -180,9 +180,14 @@ func TestAgentOutageAndRestart(t *testing.T) {
 		return nil
 	})
 	waitEndpoints(t, rec, 10*time.Second, "the restored instance", "127.0.0.1:15006/10/healthy")
-	if st := registrar.Stats(); st.Registrations < 2 {
-		t.Errorf("registrar stats after the restart: %+v", st)
-	}
+	// The agent shows the registration as soon as it has it; the
+	// registrar counts it when the agent's answer reaches it.
+	testenv.Eventually(t, 10*time.Second, "the registrar counts the new registration", func() error {
+		if st := registrar.Stats(); st.Registrations < 2 {
+			return fmt.Errorf("registrar stats after the restart: %+v", st)
+		}
+		return nil
+	})
 	if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.1", Port: 15007,
 		Weights: &api.AgentWeights{Passing: 2, Warning: 1}}); err != nil {
 		t.Fatal(err)

@@ -79,18 +79,24 @@ func (s *Source) StartConnect(service string, store *mtls.Store, authz *mtls.Aut
 	}
 	s.wg.Add(n)
 	s.mu.Unlock()
-	go s.blockingLoop("connect roots", c.counted(c.queryRoots))
-	go s.blockingLoop("connect leaf "+service, c.counted(c.queryLeaf))
+	loop := func(what string, query func(context.Context, uint64) (uint64, error)) {
+		defer s.wg.Done()
+		s.blockingLoop(s.ctx, s.log, what, query)
+	}
+	go loop("connect roots", c.counted(c.queryRoots))
+	go loop("connect leaf "+service, c.counted(c.queryLeaf))
 	if authz != nil {
-		go s.blockingLoop("intentions "+service, c.counted(c.queryIntentions))
+		go loop("intentions "+service, c.counted(c.queryIntentions))
 	}
 	return c, nil
 }
 
 // blockingLoop runs query (a blocking query from index, returning the next
-// index) until the source closes, with the source's pacing and backoff.
-func (s *Source) blockingLoop(what string, query func(ctx context.Context, index uint64) (uint64, error)) {
-	defer s.wg.Done()
+// index) until ctx ends, with the source's pacing and backoff: at least
+// MinQueryInterval between queries, the index reset to 0 after a failure,
+// the first failure of a run logged as a warning (the last answer stays in
+// effect) and the recovery as info.
+func (s *Source) blockingLoop(ctx context.Context, log *slog.Logger, what string, query func(ctx context.Context, index uint64) (uint64, error)) {
 	var (
 		index     uint64
 		failures  int
@@ -98,14 +104,14 @@ func (s *Source) blockingLoop(what string, query func(ctx context.Context, index
 		retryAt   time.Time
 	)
 	for {
-		if !sleepCtx(s.ctx, pace(time.Now(), lastStart, retryAt, s.opts.MinQueryInterval)) {
+		if !sleepCtx(ctx, pace(time.Now(), lastStart, retryAt, s.opts.MinQueryInterval)) {
 			return
 		}
 		lastStart = time.Now()
-		ctx, cancel := context.WithTimeout(s.ctx, queryTimeout(index, s.cfg.WaitTime, s.opts.RequestTimeout))
-		got, err := query(ctx, index)
+		qctx, cancel := context.WithTimeout(ctx, queryTimeout(index, s.cfg.WaitTime, s.opts.RequestTimeout))
+		got, err := query(qctx, index)
 		cancel()
-		if s.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
@@ -113,12 +119,12 @@ func (s *Source) blockingLoop(what string, query func(ctx context.Context, index
 			index = 0
 			retryAt = time.Now().Add(s.bo.delay(failures))
 			if failures == 1 {
-				s.log.Warn("consul query failed; keeping the last answer", "query", what, "err", err)
+				log.Warn("consul query failed; keeping the last answer", "query", what, "err", err)
 			}
 			continue
 		}
 		if failures > 0 {
-			s.log.Info("consul query answered again", "query", what, "failed_queries", failures)
+			log.Info("consul query answered again", "query", what, "failed_queries", failures)
 		}
 		failures, retryAt = 0, time.Time{}
 		index = nextIndex(index, got)

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -69,40 +68,19 @@ func (s *Source) WatchResolver(service string, fn func(dcs []string)) (cancel fu
 	go func() {
 		defer close(done)
 		var (
-			index     uint64
-			failures  int
-			lastStart time.Time
-			retryAt   time.Time
-			have      bool
-			last      []string
+			have bool
+			last []string
 		)
-		for {
-			if !sleepCtx(ctx, pace(time.Now(), lastStart, retryAt, s.opts.MinQueryInterval)) {
-				return
-			}
-			lastStart = time.Now()
+		s.blockingLoop(ctx, log, "service-resolver "+service, func(ctx context.Context, index uint64) (uint64, error) {
 			dcs, got, err := s.queryResolver(ctx, service, index)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				failures++
-				index = 0
-				retryAt = time.Now().Add(s.bo.delay(failures))
-				if failures == 1 {
-					log.Warn("consul service-resolver query failed; keeping the last failover datacenters", "err", err)
-				}
-				continue
-			}
-			failures, retryAt = 0, time.Time{}
-			index = nextIndex(index, got)
-			if have && slices.Equal(dcs, last) {
-				continue
+			if err != nil || (have && slices.Equal(dcs, last)) {
+				return got, err
 			}
 			have, last = true, dcs
 			log.Info("service-resolver failover datacenters", "datacenters", dcs)
 			fn(dcs)
-		}
+			return got, nil
+		})
 	}()
 	return func() {
 		stop()

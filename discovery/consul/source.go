@@ -319,39 +319,16 @@ func (s *Source) WatchServices(f func(services []string)) (cancel func()) {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		var (
-			index     uint64
-			last      []string
-			failures  int
-			lastStart time.Time
-			retryAt   time.Time
-		)
-		for {
-			if !sleepCtx(ctx, pace(time.Now(), lastStart, retryAt, s.opts.MinQueryInterval)) {
-				return
-			}
-			lastStart = time.Now()
+		var last []string
+		s.blockingLoop(ctx, s.log, "catalog services", func(ctx context.Context, index uint64) (uint64, error) {
 			names, got, err := s.queryCatalog(ctx, index)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				failures++
-				index = 0
-				retryAt = time.Now().Add(s.bo.delay(failures))
-				if failures == 1 {
-					s.log.Warn("consul catalog query failed; keeping the last list of services", "err", err)
-				}
-				continue
-			}
-			failures, retryAt = 0, time.Time{}
-			index = nextIndex(index, got)
-			if last != nil && slices.Equal(last, names) {
-				continue
+			if err != nil || (last != nil && slices.Equal(last, names)) {
+				return got, err
 			}
 			last = names
 			f(slices.Clone(names))
-		}
+			return got, nil
+		})
 	}()
 	return stop
 }
