@@ -96,12 +96,20 @@ type Transparent struct {
 	Listen string `yaml:"listen"`
 }
 
-// DrainConfig controls graceful shutdown.
+// DrainConfig controls graceful shutdown (SIGTERM, SIGINT,
+// POST /quitquitquit).
 type DrainConfig struct {
-	// Timeout bounds how long outbound listeners keep serving after
-	// SIGTERM while in-flight requests finish (Istio's
-	// terminationDrainDuration, default 5s).
+	// Timeout bounds the whole drain: the process exits then at the latest
+	// (Istio's terminationDrainDuration).
 	Timeout time.Duration `yaml:"timeout"`
+	// InboundGrace is how long the inbound listener keeps serving, with
+	// Connection: close (HTTP/1) and GOAWAY (HTTP/2), while consumers learn
+	// that this instance is going away.
+	InboundGrace *time.Duration `yaml:"inbound_grace"`
+	// QuietPeriod: once the inbound listener has closed, the drain ends
+	// when the outbound listeners have been idle this long (the app is
+	// done with its calls).
+	QuietPeriod *time.Duration `yaml:"quiet_period"`
 }
 
 // Upstream is one upstream service with its outbound listener: its name,
@@ -120,7 +128,11 @@ type Upstream struct {
 // package upstream).
 const (
 	DefaultAdmin        = "127.0.0.1:15000"
-	DefaultDrainTimeout = 5 * time.Second
+	DefaultDrainTimeout = 30 * time.Second
+	// DefaultDrainInboundGrace and DefaultDrainQuietPeriod are the drain's
+	// inbound grace and outbound quiet period.
+	DefaultDrainInboundGrace = 2 * time.Second
+	DefaultDrainQuietPeriod  = time.Second
 	// DefaultProbe is the probe listener of a sidecar whose inbound listener
 	// is reachable from other hosts (Istio's health port).
 	DefaultProbe = "0.0.0.0:15021"
@@ -186,6 +198,14 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Drain.Timeout == 0 {
 		c.Drain.Timeout = DefaultDrainTimeout
+	}
+	if c.Drain.InboundGrace == nil {
+		d := DefaultDrainInboundGrace
+		c.Drain.InboundGrace = &d
+	}
+	if c.Drain.QuietPeriod == nil {
+		d := DefaultDrainQuietPeriod
+		c.Drain.QuietPeriod = &d
 	}
 	for i := range c.Upstreams {
 		c.Upstreams[i].SetDefaults()
@@ -337,6 +357,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Drain.Timeout < 0 {
 		return bad("drain.timeout", c.Drain.Timeout, "must be >= 0")
+	}
+	if *c.Drain.InboundGrace < 0 {
+		return bad("drain.inbound_grace", *c.Drain.InboundGrace, "must be >= 0")
+	}
+	if *c.Drain.QuietPeriod < 0 {
+		return bad("drain.quiet_period", *c.Drain.QuietPeriod, "must be >= 0")
+	}
+	if *c.Drain.InboundGrace > c.Drain.Timeout {
+		return bad("drain.inbound_grace", *c.Drain.InboundGrace, fmt.Sprintf("must not be longer than drain.timeout (%s)", c.Drain.Timeout))
 	}
 	seenSvc := map[string]int{}
 	seenListen := map[string]string{c.Admin: "admin"}

@@ -99,6 +99,10 @@ func startSidecarWith(t testing.TB, cfgYAML, endpoints string, opts Options) (*S
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !strings.Contains(cfgYAML, "drain:") {
+		var zero time.Duration // tests that are not about the drain stop at once
+		cfg.Drain.InboundGrace, cfg.Drain.QuietPeriod = &zero, &zero
+	}
 	s, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)

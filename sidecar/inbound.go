@@ -46,6 +46,11 @@ func (s *Sidecar) inboundHandler(h http.Handler) http.Handler {
 	m := s.m
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		if s.inboundClosing.Load() {
+			// Draining: this connection takes no more requests (net/http
+			// closes it after the response; HTTP/2 sends GOAWAY).
+			w.Header().Set("Connection", "close")
+		}
 		ctx, span := s.tp.StartServer(r.Context(), r)
 		sw := &statusWriter{ResponseWriter: w, code: 200}
 		h.ServeHTTP(sw, r.WithContext(ctx))

@@ -26,6 +26,8 @@ func (s *Sidecar) tcpFor(c *Cluster) *tcpProxy {
 	p.closed = s.tcpClosed // made by a late transparent connection during Shutdown
 	if c.inbound {
 		p.accept = s.authorizeConn
+	} else {
+		p.act = &s.act
 	}
 	s.tcp = append(s.tcp, p)
 	s.tcpByCluster[c] = p
@@ -43,6 +45,8 @@ func (s *Sidecar) handlerFor(c *Cluster) http.Handler {
 	var h http.Handler = newUpstreamHandler(c)
 	if c.inbound {
 		h = s.inboundHandler(s.authorizeHTTP(h))
+	} else {
+		h = s.act.track(h)
 	}
 	s.httpByCluster[c] = h
 	return h

@@ -97,26 +97,3 @@ func (s *Sidecar) stopRegistration() {
 		<-s.regDone
 	}
 }
-
-// inboundGraceTime is how long a deregistered instance's inbound keeps
-// serving: the consumers' Consul watches learn of the deregistration within
-// it, and until they do their requests still arrive here.
-const inboundGraceTime = 2 * time.Second
-
-// inboundGrace keeps the HTTP inbound serving for inboundGraceTime (at most
-// drain.timeout, and not past ctx) after a Consul deregistration, with
-// keep-alives off (Connection: close) so consumers leave their pooled
-// connections instead of meeting a closed listener. Without a registration
-// nobody needs the time and it returns at once.
-func (s *Sidecar) inboundGrace(ctx context.Context) {
-	if s.reg == nil {
-		return
-	}
-	s.inboundSrv.SetKeepAlivesEnabled(false)
-	t := time.NewTimer(min(inboundGraceTime, s.cfg.Drain.Timeout))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-}

@@ -76,7 +76,7 @@ service: {name: web, port: %d, inbound: 127.0.0.1:0, protocol: tcp}
 }
 
 // Shutdown with a TCP connection open through the transparent listener
-// returns. The transparent listener waited for its connections before the
+// returns (at drain.timeout: an open connection is outbound activity). The transparent listener waited for its connections before the
 // TCP proxies were told to close them, so a long-lived connection (a
 // database client) hung Shutdown for ever.
 //
@@ -94,6 +94,7 @@ func TestShutdownTransparentTCP(t *testing.T) {
 admin: 127.0.0.1:0
 discovery: {file: "{{EP}}"}
 transparent: {listen: `+addr+`}
+drain: {timeout: 2s, inbound_grace: 0s, quiet_period: 100ms}
 upstreams:
   - {service: db, protocol: tcp, circuit_breakers: {max_connections: 1}, outlier_detection: {consecutive_local_origin_failure: 1000, consecutive_5xx: 1000}}
 `, endpointsYAML("db", addr, 1))

@@ -69,6 +69,9 @@ type Sidecar struct {
 	tcp        []*tcpProxy
 	bound      atomic.Bool
 	draining   atomic.Bool
+	// inboundClosing: the drain's inbound grace runs (Connection: close).
+	inboundClosing atomic.Bool
+	act            activity // outbound work in flight, for the drain
 	wg         sync.WaitGroup
 	stopOnce   sync.Once
 	quit       chan struct{}
@@ -83,6 +86,7 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: log, m: newMetricsWith(cfg.Metrics.PerEndpoint), byName: map[string]*Cluster{}, quit: make(chan struct{}),
 		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
+	s.act.draining = &s.draining
 	s.src = opts.Source
 	if s.src == nil {
 		src, err := s.newSource()
@@ -344,22 +348,25 @@ func (s *Sidecar) Clusters() []ClusterStatus {
 	return out
 }
 
-// Shutdown drains: /ready turns 503 and the inbound listener closes at
-// once (no new work for this instance), outbound listeners keep serving the
-// app for the drain period or until idle, then everything stops.
+// Shutdown drains: /ready turns 503 at once and the Consul registration
+// goes; the inbound listener keeps serving for drain.inbound_grace with
+// Connection: close (GOAWAY on HTTP/2), then closes; the outbound listeners
+// keep serving the app until they have been idle for drain.quiet_period
+// after the inbound closed, or drain.timeout after the start; then
+// everything stops.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
 	var err error
 	s.stopOnce.Do(func() {
+		start := time.Now()
+		deadline := start.Add(s.cfg.Drain.Timeout)
 		s.draining.Store(true)
-		s.log.Info("draining", "timeout", s.cfg.Drain.Timeout)
+		s.log.Info("draining", "timeout", s.cfg.Drain.Timeout, "inbound_grace", *s.cfg.Drain.InboundGrace,
+			"quiet_period", *s.cfg.Drain.QuietPeriod)
 		s.stopRegistration() // first: other sidecars stop sending here while we drain
-		if s.inboundSrv != nil {
-			s.inboundGrace(ctx)
-			_ = s.inboundSrv.Shutdown(ctx)
-		} else if s.inboundLn != nil {
-			s.inboundLn.Close() // TCP inbound: no http.Server closes it
-		}
-		dctx, cancel := context.WithTimeout(ctx, s.cfg.Drain.Timeout)
+		inboundClosed, inboundDone := s.drainInbound(ctx, deadline)
+		s.waitOutboundQuiet(ctx, inboundClosed, deadline)
+		s.log.Info("outbound quiet; stopping", "drained_for", time.Since(start).Round(time.Millisecond))
+		dctx, cancel := context.WithDeadline(ctx, deadline)
 		defer cancel()
 		var wg sync.WaitGroup
 		for _, srv := range s.servers {
@@ -382,6 +389,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 			}()
 		}
 		wg.Wait()
+		<-inboundDone
 		for _, nl := range s.outbound {
 			nl.ln.Close()
 		}

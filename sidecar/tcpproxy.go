@@ -28,6 +28,7 @@ type tcpProxy struct {
 	// accept, when set, vets a new connection before any upstream is
 	// dialed (inbound mTLS: handshake and intentions); false closes it.
 	accept func(net.Conn) bool
+	act    *activity // outbound: counts its connections for the drain
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -104,6 +105,10 @@ func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*
 
 func (p *tcpProxy) handle(down net.Conn) {
 	c := p.c
+	if p.act != nil {
+		p.act.begin()
+		defer p.act.end()
+	}
 	defer down.Close()
 	p.track(down, true)
 	defer p.track(down, false)
