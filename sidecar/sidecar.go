@@ -72,10 +72,10 @@ type Sidecar struct {
 	// inboundClosing: the drain's inbound grace runs (Connection: close).
 	inboundClosing atomic.Bool
 	act            activity // outbound work in flight, for the drain
-	wg         sync.WaitGroup
-	stopOnce   sync.Once
-	quit       chan struct{}
-	closers    []func()
+	wg             sync.WaitGroup
+	stopOnce       sync.Once
+	quit           chan struct{}
+	closers        []func()
 }
 
 // New builds a sidecar from a validated config. Nothing is bound yet.
