@@ -9,7 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/sidemesh/sidemesh/discovery/consul"
+	"github.com/sidemesh/sidemesh/internal/confyaml"
 	"github.com/sidemesh/sidemesh/mtls"
 	"github.com/sidemesh/sidemesh/sidecar/health"
 	"github.com/sidemesh/sidemesh/tracing"
@@ -23,7 +26,7 @@ var ErrConfig = errors.New("config")
 // Config is the whole sidecar configuration file (README "Config reference").
 type Config struct {
 	Node        string          `yaml:"node"`
-	Admin       string          `yaml:"admin"`
+	Admin       AdminConfig     `yaml:"admin"`
 	Probe       string          `yaml:"probe"`
 	Service     *Service        `yaml:"service"`
 	Discovery   Discovery       `yaml:"discovery"`
@@ -42,6 +45,40 @@ type Config struct {
 	// discovery, the agent's node meta "zone" when left out).
 	Zone   string `yaml:"zone"`
 	source string // file name, for messages
+}
+
+// AdminConfig is `admin`: a plain "host:port" or {address, pprof}.
+type AdminConfig struct {
+	Address string `yaml:"address"`
+	// Pprof serves /debug/pprof/ on admin.
+	Pprof bool `yaml:"pprof"`
+}
+
+// UnmarshalYAML takes the plain string form ("127.0.0.1:15000") or the
+// mapping form, refusing unknown keys like every other key.
+func (a *AdminConfig) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		return n.Decode(&a.Address)
+	}
+	if n.Kind != yaml.MappingNode {
+		return &confyaml.Error{Path: "admin", Line: n.Line, Problem: "must be host:port or {address, pprof}"}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		var err error
+		switch k.Value {
+		case "address":
+			err = v.Decode(&a.Address)
+		case "pprof":
+			err = v.Decode(&a.Pprof)
+		default:
+			return &confyaml.Error{Path: "admin." + k.Value, Line: k.Line, Problem: "unknown key"}
+		}
+		if err != nil {
+			return &confyaml.Error{Path: "admin." + k.Value, Line: v.Line, Problem: fmt.Sprintf("%q is not a valid %s", v.Value, k.Value)}
+		}
+	}
+	return nil
 }
 
 // Service is the local app (the inbound side).
@@ -144,8 +181,8 @@ const (
 
 // SetDefaults fills every key left out with its default.
 func (c *Config) SetDefaults() {
-	if c.Admin == "" {
-		c.Admin = DefaultAdmin
+	if c.Admin.Address == "" {
+		c.Admin.Address = DefaultAdmin
 	}
 	if c.Node == "" {
 		if h, err := os.Hostname(); err == nil {
@@ -259,7 +296,7 @@ var protocols = map[string]bool{"http": true, "grpc": true, "tcp": true}
 
 // Validate checks the whole config; errors name key and value.
 func (c *Config) Validate() error {
-	if err := validAddr("admin", c.Admin); err != nil {
+	if err := validAddr("admin.address", c.Admin.Address); err != nil {
 		return err
 	}
 	n := 0
@@ -368,7 +405,7 @@ func (c *Config) Validate() error {
 		return bad("drain.inbound_grace", *c.Drain.InboundGrace, fmt.Sprintf("must not be longer than drain.timeout (%s)", c.Drain.Timeout))
 	}
 	seenSvc := map[string]int{}
-	seenListen := map[string]string{c.Admin: "admin"}
+	seenListen := map[string]string{c.Admin.Address: "admin"}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		p := fmt.Sprintf("upstreams[%d]", i)

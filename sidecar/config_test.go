@@ -90,8 +90,8 @@ func TestDefaults(t *testing.T) {
 	if *c.Upstreams[0].RetryPolicy.NumRetries != 1 {
 		t.Fatalf("retry_policy without num_retries should get Envoy's 1")
 	}
-	if c.Admin != "127.0.0.1:15000" || *c.Upstreams[0].HealthyPanicThreshold != 50 {
-		t.Fatalf("admin %q panic %v", c.Admin, *c.Upstreams[0].HealthyPanicThreshold)
+	if c.Admin.Address != "127.0.0.1:15000" || *c.Upstreams[0].HealthyPanicThreshold != 50 {
+		t.Fatalf("admin %q panic %v", c.Admin.Address, *c.Upstreams[0].HealthyPanicThreshold)
 	}
 	if !c.Upstreams[0].IsSet("retry_policy") || c.Upstreams[0].IsSet("lb_policy") {
 		t.Fatal("IsSet does not track file keys")
@@ -219,7 +219,9 @@ func collectKeys(t reflect.Type, prefix string, out map[string]bool) {
 			}
 			out[p] = true
 		case reflect.Struct:
-			if ft.String() == "time.Duration" || ft.Implements(unmarshalerType) || reflect.PointerTo(ft).Implements(unmarshalerType) {
+			// AdminConfig's UnmarshalYAML takes a short form too; its keys
+			// are the struct's.
+			if ft != reflect.TypeOf(AdminConfig{}) && (ft.String() == "time.Duration" || ft.Implements(unmarshalerType) || reflect.PointerTo(ft).Implements(unmarshalerType)) {
 				out[p] = true
 				continue
 			}

@@ -212,8 +212,8 @@ func TestParseExpandsFromEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Admin != "127.0.0.1:15999" {
-		t.Fatalf("admin %q", c.Admin)
+	if c.Admin.Address != "127.0.0.1:15999" {
+		t.Fatalf("admin %q", c.Admin.Address)
 	}
 }
 

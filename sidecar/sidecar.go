@@ -26,6 +26,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Source overrides the configured discovery source (tests, demo).
 	Source discovery.Source
+	// Level is the level Logger's handler reads, which POST /logging sets.
+	// Nil: the sidecar gates Logger with a level of its own (log_level).
+	Level *slog.LevelVar
 }
 
 // Sidecar is one running data plane.
@@ -68,7 +71,10 @@ type Sidecar struct {
 	inboundSrv *http.Server
 	tcp        []*tcpProxy
 	bound      atomic.Bool
-	draining   atomic.Bool
+	draining   atomic.Bool // Shutdown runs
+	drained    atomic.Bool // POST /drain_listeners (until /undrain)
+	level      *slog.LevelVar
+	adminExtra []adminRoute // admin endpoints of other files (reload)
 	// inboundClosing: the drain's inbound grace runs (Connection: close).
 	inboundClosing atomic.Bool
 	act            activity // outbound work in flight, for the drain
@@ -84,9 +90,18 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	lv := opts.Level
+	if lv == nil {
+		lv = new(slog.LevelVar)
+		if l, ok := parseLevel(cfg.LogLevel); ok {
+			lv.Set(l)
+		}
+		log = slog.New(levelGate{log.Handler(), lv})
+	}
 	s := &Sidecar{cfg: cfg, log: log, m: newMetricsWith(cfg.Metrics.PerEndpoint), byName: map[string]*Cluster{}, quit: make(chan struct{}),
 		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
 	s.act.draining = &s.draining
+	s.level = lv
 	s.src = opts.Source
 	if s.src == nil {
 		src, err := s.newSource()
@@ -156,9 +171,9 @@ func (s *Sidecar) Start() error {
 		return err
 	}
 	var err error
-	s.adminLn, err = net.Listen("tcp", s.cfg.Admin)
+	s.adminLn, err = net.Listen("tcp", s.cfg.Admin.Address)
 	if err != nil {
-		return fmt.Errorf("admin %s: %w", s.cfg.Admin, err)
+		return fmt.Errorf("admin %s: %w", s.cfg.Admin.Address, err)
 	}
 	if p := s.cfg.Probe; p != "" && p != ProbeOff {
 		s.probeLn, err = net.Listen("tcp", p)
@@ -239,7 +254,7 @@ func (s *Sidecar) Start() error {
 
 // Ready reports what /ready reports.
 func (s *Sidecar) Ready() (bool, string) {
-	if s.draining.Load() {
+	if s.draining.Load() || s.drained.Load() {
 		return false, "draining"
 	}
 	if !s.bound.Load() {

@@ -18,18 +18,25 @@ import (
 func versionString() string { return sidecar.Version }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
+	log, _ := newLevelLogger(w, level)
+	return log
+}
+
+// newLevelLogger is newLogger on a level that can change at runtime
+// (admin's POST /logging).
+func newLevelLogger(w io.Writer, level string) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
 	switch strings.ToLower(level) {
 	case "debug":
-		l = slog.LevelDebug
+		lv.Set(slog.LevelDebug)
 	case "warn":
-		l = slog.LevelWarn
+		lv.Set(slog.LevelWarn)
 	case "error":
-		l = slog.LevelError
+		lv.Set(slog.LevelError)
 	default:
-		l = slog.LevelInfo
+		lv.Set(slog.LevelInfo)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), lv
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -48,8 +55,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sidemesh run:", err)
 		return 1
 	}
-	log := newLogger(stderr, cfg.LogLevel)
-	sc, err := sidecar.New(cfg, sidecar.Options{Logger: log})
+	log, level := newLevelLogger(stderr, cfg.LogLevel)
+	sc, err := sidecar.New(cfg, sidecar.Options{Logger: log, Level: level})
 	if err != nil {
 		fmt.Fprintln(stderr, "sidemesh run:", err)
 		return 1

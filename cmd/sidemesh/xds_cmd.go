@@ -50,7 +50,7 @@ func cmdXDS(args []string, stdout, stderr io.Writer) int {
 	}
 	admin := *adminAddr
 	if admin == "" {
-		admin = cfg.Admin
+		admin = cfg.Admin.Address
 		if admin == sidecar.DefaultAdmin {
 			admin = sidecar.DefaultControlPlaneAdmin
 		}
