@@ -3,6 +3,7 @@ package sidecar
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"log/slog"
@@ -66,9 +67,17 @@ func (s *Sidecar) adminHandler() http.Handler {
 		s.drained.Store(false)
 		_, _ = w.Write([]byte("OK\n"))
 	}))
-	for _, e := range s.adminExtra {
-		handle(e.pattern, e.what, e.h)
-	}
+	handle("POST /reload", "reload the config file", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.ReloadFile(); err != nil {
+			code := http.StatusBadRequest
+			if errors.Is(err, ErrReloadRefused) {
+				code = http.StatusConflict
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		_, _ = w.Write([]byte("OK\n"))
+	}))
 	if s.cfg.Admin.Pprof {
 		handle("GET /debug/pprof/", "Go profiles (admin.pprof)", http.HandlerFunc(pprof.Index))
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -195,7 +204,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 // ConfigDump is the effective config (defaults filled) as JSON-friendly
 // values, with durations as strings ("5s"), plus dynamic state from extras.
 func (s *Sidecar) ConfigDump() (map[string]any, error) {
-	y, err := yaml.Marshal(s.cfg)
+	y, err := yaml.Marshal(s.config())
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +226,7 @@ func (s *Sidecar) componentDump(out map[string]any) {
 		// What each upstream runs with after merging the control plane's
 		// cluster settings under the file's own keys.
 		eff := map[string]any{}
-		for _, c := range s.clusters {
+		for _, c := range s.clusterList() {
 			c.mu.Lock()
 			e := map[string]any{"lb_policy": c.lbPolicy, "healthy_panic_threshold": c.panicPct,
 				"connect_timeout": c.connectTimeout().String(), "circuit_breakers": c.breaker().Stats()}
@@ -232,8 +241,8 @@ func (s *Sidecar) componentDump(out map[string]any) {
 	if s.xdsSrv != nil {
 		out["xds_server"] = s.xdsSrv.Stats()
 	}
-	if s.consul != nil {
-		out["consul"] = s.consul.Stats()
+	if cs := s.consulSource(); cs != nil {
+		out["consul"] = cs.Stats()
 	}
 	if s.reg != nil {
 		out["consul_registration"] = s.reg.Stats()
@@ -267,13 +276,6 @@ func redact(v any) {
 			redact(e)
 		}
 	}
-}
-
-// adminRoute is an admin endpoint registered by another part of the
-// sidecar.
-type adminRoute struct {
-	pattern, what string
-	h             http.Handler
 }
 
 // levelGate filters a handler by a runtime level (POST /logging) when the

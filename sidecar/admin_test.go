@@ -73,7 +73,7 @@ discovery: {consul: {address: 127.0.0.1:1, token: %s}}
 		}
 		seen.WriteString(body)
 	}
-	for _, path := range []string{"/quitquitquit", "/drain_listeners", "/undrain", "/logging?level=debug"} {
+	for _, path := range []string{"/quitquitquit", "/drain_listeners", "/undrain", "/reload", "/logging?level=debug"} {
 		code, body := do(t, remote, "POST", base+path)
 		if code != http.StatusForbidden || !strings.Contains(body, "loopback") {
 			t.Errorf("remote POST %s = %d %q, want 403", path, code, body)
@@ -136,7 +136,7 @@ func TestAdminDrainUndrain(t *testing.T) {
 		t.Fatalf("/ready after undrain: %d %q", code, body)
 	}
 	code, body := do(t, c, "GET", base+"/")
-	for _, want := range []string{"/ready", "/config_dump", "/undrain", "/logging"} {
+	for _, want := range []string{"/ready", "/config_dump", "/undrain", "/logging", "/reload"} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Fatalf("index lacks %s: %d\n%s", want, code, body)
 		}

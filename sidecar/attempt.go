@@ -37,6 +37,7 @@ type proxyRequest struct {
 
 	prev    *Host // the previous attempt's host, avoided if possible
 	retried bool
+	rec     *accessRecord // the access log's record, nil when off
 }
 
 // RoundTrip runs the attempts of one request: pick (behind the breaker),
@@ -54,8 +55,10 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	if r.info == nil {
 		r.info = &balancer.PickInfo{}
 	}
+	r.rec = accessRecordFrom(r.ctx)
 	c.cm.rqActive.Inc()
 	var lastErr error
+	made := 0           // attempts sent
 	holdsRetry := false // a retry slot taken before the previous answer was discarded
 	for n := 0; ; n++ {
 		if n > 0 {
@@ -70,8 +73,12 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 				break
 			}
 		}
+		made++
 		resp, next, err := r.attempt(n, n > 0)
 		if err == nil {
+			if r.rec != nil {
+				r.rec.finish(r, made, nil)
+			}
 			return resp, nil // rqActive ends with the body (doneBody)
 		}
 		lastErr = err
@@ -83,6 +90,9 @@ func (t *clusterTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	c.cm.rqActive.Dec()
 	if lastErr == nil {
 		lastErr = &upstreamError{kind: failReset, err: io.ErrUnexpectedEOF}
+	}
+	if r.rec != nil {
+		r.rec.finish(r, made, lastErr)
 	}
 	return nil, lastErr
 }
@@ -112,6 +122,9 @@ func (r *proxyRequest) attempt(n int, retry bool) (*http.Response, retryDecision
 		}
 	}
 	a, areq := r.begin(p, n)
+	if r.rec != nil && !r.rec.traceID.IsValid() {
+		r.rec.traceID = a.span.SpanContext().TraceID()
+	}
 	tr := r.t.h1
 	if r.t.forceH2 || areq.ProtoMajor == 2 {
 		tr = r.t.h2

@@ -72,7 +72,8 @@ type pickState struct {
 // resilience machinery around them.
 type Cluster struct {
 	Name string
-	cfg  *Upstream
+	cfg  *Upstream // as built; cur is the one in force (a reload replaces it)
+	cur  atomic.Pointer[Upstream]
 	log  *slog.Logger
 	// hostLog is log without the component, for the outlier detector and
 	// health checker, which add their own.
@@ -156,6 +157,7 @@ func newCluster(u *Upstream, m *Metrics, tp *tracing.Provider, log *slog.Logger)
 		panicPct: *u.HealthyPanicThreshold,
 		eff:      u.Settings,
 	}
+	c.cur.Store(u)
 	c.br.Store(breaker.New(*u.CircuitBreakers))
 	c.connTO.Store(int64(u.ConnectTimeout))
 	c.setPolicy(u.LBPolicy)
@@ -222,8 +224,17 @@ func (c *Cluster) applySettings(remote upstream.Settings) {
 		return
 	}
 	c.lastCDS = &remote
+	u := c.upstream()
+	c.applyLocked(upstream.Merge(u.Settings, remote, u.IsSet), "cluster settings from xDS applied (keys in the local file win)")
+}
+
+// upstream is the upstream config in force: the file's, as last loaded.
+func (c *Cluster) upstream() *Upstream { return c.cur.Load() }
+
+// applyLocked puts effective settings in force (CDS or a reload); the
+// caller holds mu, which applyLocked releases.
+func (c *Cluster) applyLocked(eff upstream.Settings, msg string) {
 	prev := c.eff
-	eff := upstream.Merge(c.cfg.Settings, remote, c.cfg.IsSet)
 	// Options the picker would refuse would make every later rebuild
 	// fail, freezing the endpoints in force: keep the ones in force.
 	lb := eff.LB
@@ -270,7 +281,7 @@ func (c *Cluster) applySettings(remote upstream.Settings) {
 	if oldHC != nil {
 		oldHC.Close()
 	}
-	c.log.Info("cluster settings from xDS applied (keys in the local file win)", "lb_policy", c.policyName())
+	c.log.Info(msg, "lb_policy", c.policyName())
 	c.rebuild()
 }
 
@@ -735,7 +746,7 @@ func (c *Cluster) Status() ClusterStatus {
 	defer c.mu.Unlock()
 	st := c.state.Load()
 	cs := ClusterStatus{
-		Name: c.Name, Listen: c.cfg.Listen, Protocol: c.cfg.Protocol, LBPolicy: c.lbPolicy,
+		Name: c.Name, Listen: c.upstream().Listen, Protocol: c.upstream().Protocol, LBPolicy: c.lbPolicy,
 		Ready: c.haveFirst, Panic: st.panic, TotalHosts: len(c.hosts),
 		Breaker: c.breaker().Stats(),
 	}

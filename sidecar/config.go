@@ -25,19 +25,20 @@ var ErrConfig = errors.New("config")
 
 // Config is the whole sidecar configuration file (README "Config reference").
 type Config struct {
-	Node        string          `yaml:"node"`
-	Admin       AdminConfig     `yaml:"admin"`
-	Probe       string          `yaml:"probe"`
-	Service     *Service        `yaml:"service"`
-	Discovery   Discovery       `yaml:"discovery"`
-	XDSServer   *XDSServer      `yaml:"xds_server"`
-	Transparent *Transparent    `yaml:"transparent"`
-	Upstreams   []Upstream      `yaml:"upstreams"`
-	Tracing     *tracing.Config `yaml:"tracing"`
-	Drain       *DrainConfig    `yaml:"drain"`
-	MTLS        *MTLSConfig     `yaml:"mtls"`
-	LogLevel    string          `yaml:"log_level"`
-	Metrics     MetricsConfig   `yaml:"metrics"`
+	Node        string           `yaml:"node"`
+	Admin       AdminConfig      `yaml:"admin"`
+	Probe       string           `yaml:"probe"`
+	Service     *Service         `yaml:"service"`
+	Discovery   Discovery        `yaml:"discovery"`
+	XDSServer   *XDSServer       `yaml:"xds_server"`
+	Transparent *Transparent     `yaml:"transparent"`
+	Upstreams   []Upstream       `yaml:"upstreams"`
+	Tracing     *tracing.Config  `yaml:"tracing"`
+	Drain       *DrainConfig     `yaml:"drain"`
+	MTLS        *MTLSConfig      `yaml:"mtls"`
+	LogLevel    string           `yaml:"log_level"`
+	AccessLog   *AccessLogConfig `yaml:"access_log"`
+	Metrics     MetricsConfig    `yaml:"metrics"`
 	// Defaults (only in `sidemesh xds -c`) are the upstream settings of
 	// every served service; upstreams[] entries override them.
 	Defaults *upstream.Settings `yaml:"defaults"`
@@ -52,6 +53,7 @@ type AdminConfig struct {
 	Address string `yaml:"address"`
 	// Pprof serves /debug/pprof/ on admin.
 	Pprof bool `yaml:"pprof"`
+	long  bool // written as a mapping: errors name admin.address
 }
 
 // UnmarshalYAML takes the plain string form ("127.0.0.1:15000") or the
@@ -63,6 +65,7 @@ func (a *AdminConfig) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.MappingNode {
 		return &confyaml.Error{Path: "admin", Line: n.Line, Problem: "must be host:port or {address, pprof}"}
 	}
+	a.long = true
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		var err error
@@ -244,6 +247,9 @@ func (c *Config) SetDefaults() {
 		d := DefaultDrainQuietPeriod
 		c.Drain.QuietPeriod = &d
 	}
+	if c.AccessLog != nil {
+		c.AccessLog.setDefaults()
+	}
 	for i := range c.Upstreams {
 		c.Upstreams[i].SetDefaults()
 	}
@@ -296,7 +302,11 @@ var protocols = map[string]bool{"http": true, "grpc": true, "tcp": true}
 
 // Validate checks the whole config; errors name key and value.
 func (c *Config) Validate() error {
-	if err := validAddr("admin.address", c.Admin.Address); err != nil {
+	adminKey := "admin"
+	if c.Admin.long {
+		adminKey = "admin.address"
+	}
+	if err := validAddr(adminKey, c.Admin.Address); err != nil {
 		return err
 	}
 	n := 0
@@ -403,6 +413,11 @@ func (c *Config) Validate() error {
 	}
 	if *c.Drain.InboundGrace > c.Drain.Timeout {
 		return bad("drain.inbound_grace", *c.Drain.InboundGrace, fmt.Sprintf("must not be longer than drain.timeout (%s)", c.Drain.Timeout))
+	}
+	if c.AccessLog != nil {
+		if err := c.AccessLog.validate(); err != nil {
+			return err
+		}
 	}
 	seenSvc := map[string]int{}
 	seenListen := map[string]string{c.Admin.Address: "admin"}

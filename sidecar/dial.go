@@ -161,7 +161,7 @@ func (c *Cluster) acquireConn(ctx context.Context, br *breaker.Breaker, mode dia
 	// caused it and holds its pending slot until some connection closes.
 	// No request waits longer than the route timeout.
 	wctx := ctx
-	if to := *c.cfg.Timeout; to > 0 {
+	if to := *c.upstream().Timeout; to > 0 {
 		var cancel context.CancelFunc
 		wctx, cancel = context.WithTimeout(ctx, to)
 		defer cancel()

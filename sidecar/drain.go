@@ -65,7 +65,7 @@ func (s *Sidecar) drainInbound(ctx context.Context, deadline time.Time) (closedA
 		return time.Now(), done
 	}
 	s.inboundClosing.Store(true)
-	grace := time.NewTimer(min(*s.cfg.Drain.InboundGrace, time.Until(deadline)))
+	grace := time.NewTimer(min(*s.config().Drain.InboundGrace, time.Until(deadline)))
 	select {
 	case <-grace.C:
 	case <-ctx.Done():
@@ -91,7 +91,7 @@ func (s *Sidecar) drainInbound(ctx context.Context, deadline time.Time) (closedA
 // waitOutboundQuiet returns once the outbound listeners have been idle for
 // drain.quiet_period after inboundClosed, at deadline, or when ctx ends.
 func (s *Sidecar) waitOutboundQuiet(ctx context.Context, inboundClosed, deadline time.Time) {
-	quiet := *s.cfg.Drain.QuietPeriod
+	quiet := *s.config().Drain.QuietPeriod
 	t := time.NewTicker(min(drainTick, max(quiet/4, time.Millisecond)))
 	defer t.Stop()
 	for {

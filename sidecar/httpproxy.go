@@ -57,7 +57,7 @@ type clusterTransport struct {
 }
 
 func newClusterTransport(c *Cluster) *clusterTransport {
-	u := c.cfg
+	u := c.upstream()
 	t := &clusterTransport{
 		c:       c,
 		forceH2: u.Protocol == "grpc",
@@ -203,7 +203,8 @@ type upstreamHandler struct {
 
 func newUpstreamHandler(c *Cluster) *upstreamHandler {
 	t := newClusterTransport(c)
-	h := &upstreamHandler{c: c, timeout: *c.cfg.Timeout, hashes: c.cfg.HashPolicy}
+	u := c.upstream()
+	h := &upstreamHandler{c: c, timeout: *u.Timeout, hashes: u.HashPolicy}
 	log := c.log
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:    rewrite,

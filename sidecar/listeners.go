@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -29,6 +30,7 @@ func (s *Sidecar) tcpFor(c *Cluster) *tcpProxy {
 	} else {
 		p.act = &s.act
 	}
+	p.alog = &s.alog
 	s.tcp = append(s.tcp, p)
 	s.tcpByCluster[c] = p
 	return p
@@ -42,14 +44,39 @@ func (s *Sidecar) handlerFor(c *Cluster) http.Handler {
 	if h, ok := s.httpByCluster[c]; ok {
 		return h
 	}
-	var h http.Handler = newUpstreamHandler(c)
+	slot := &handlerSlot{}
+	slot.h.Store(s.newClusterHandler(c))
+	s.httpByCluster[c] = slot
+	return slot
+}
+
+// handlerSlot serves with the cluster handler in force: a reload that
+// changes the upstream's settings swaps in a new one, while requests
+// already in the old one finish there.
+type handlerSlot struct {
+	h atomic.Pointer[clusterHandler]
+}
+
+type clusterHandler struct {
+	http.Handler
+	up *upstreamHandler
+}
+
+func (s *handlerSlot) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.h.Load().ServeHTTP(w, r) }
+
+// newClusterHandler is a cluster's HTTP proxy with its wrappers.
+func (s *Sidecar) newClusterHandler(c *Cluster) *clusterHandler {
+	up := newUpstreamHandler(c)
+	var h http.Handler = up
 	if c.inbound {
 		h = s.inboundHandler(s.authorizeHTTP(h))
 	} else {
 		h = s.act.track(h)
 	}
-	s.httpByCluster[c] = h
-	return h
+	if l := s.alog.Load(); l != nil {
+		h = l.wrap(c, h)
+	}
+	return &clusterHandler{Handler: h, up: up}
 }
 
 // serveCluster serves a cluster's listener: its TCP proxy, or an HTTP
@@ -61,7 +88,10 @@ func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *http.Server {
 		return nil
 	}
 	srv := newHTTPServer(s.handlerFor(c), c.log)
+	s.clMu.Lock()
 	s.servers = append(s.servers, srv)
+	s.lnServer[ln] = srv
+	s.clMu.Unlock()
 	s.goServe(func() error { return srv.Serve(ln) })
 	return srv
 }

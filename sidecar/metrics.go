@@ -190,7 +190,7 @@ var (
 func (sc stateCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(sc, ch) }
 
 func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range sc.s.clusters {
+	for _, c := range sc.s.clusterList() {
 		for _, t := range c.breaker().Stats().All() {
 			th := string(t.Threshold)
 			ch <- prometheus.MustNewConstMetric(descOverflow, prometheus.CounterValue, float64(t.Overflows), c.Name, th)
@@ -231,9 +231,9 @@ var (
 
 // collectComponents reports the optional components' counters.
 func (s *Sidecar) collectComponents(ch chan<- prometheus.Metric) {
-	if s.consul != nil {
+	if cs := s.consulSource(); cs != nil {
 		now := time.Now()
-		for _, st := range s.consul.Stats() {
+		for _, st := range cs.Stats() {
 			if st.Datacenter != "" {
 				continue // failover datacenters: their errors count in sidemesh_discovery_errors_total
 			}

@@ -3,13 +3,17 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/discovery/consul"
@@ -26,6 +30,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Source overrides the configured discovery source (tests, demo).
 	Source discovery.Source
+	// Stdout is where access_log.path stdout writes (default os.Stdout).
+	Stdout io.Writer
+	// ConfigFile is the file the config came from: SIGHUP, POST /reload
+	// and WatchConfigFile reload it.
+	ConfigFile string
 	// Level is the level Logger's handler reads, which POST /logging sets.
 	// Nil: the sidecar gates Logger with a level of its own (log_level).
 	Level *slog.LevelVar
@@ -38,6 +47,7 @@ type Sidecar struct {
 	m        *Metrics
 	src      discovery.Source
 	ownSrc   bool
+	clMu     sync.RWMutex // guards clusters, byName, outbound, servers (a reload replaces them)
 	clusters []*Cluster
 	byName   map[string]*Cluster
 	inbound  *Cluster
@@ -74,7 +84,16 @@ type Sidecar struct {
 	draining   atomic.Bool // Shutdown runs
 	drained    atomic.Bool // POST /drain_listeners (until /undrain)
 	level      *slog.LevelVar
-	adminExtra []adminRoute // admin endpoints of other files (reload)
+	// reload: reloadMu serialises reloads and Shutdown's stopping flag.
+	reloadMu sync.Mutex
+	stopping bool
+	cfgFile  string
+	reloads  *prometheus.CounterVec
+	lnServer map[net.Listener]*http.Server // guarded by clMu
+
+	alog        atomic.Pointer[accessLog] // nil: off
+	alogDropped prometheus.Counter
+	stdout      io.Writer
 	// inboundClosing: the drain's inbound grace runs (Connection: close).
 	inboundClosing atomic.Bool
 	act            activity // outbound work in flight, for the drain
@@ -93,6 +112,7 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	lv := opts.Level
 	if lv == nil {
 		lv = new(slog.LevelVar)
+		lv.Set(slog.LevelDebug) // no log_level: Logger's handler decides
 		if l, ok := parseLevel(cfg.LogLevel); ok {
 			lv.Set(l)
 		}
@@ -102,6 +122,15 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 		tcpByCluster: map[*Cluster]*tcpProxy{}, httpByCluster: map[*Cluster]http.Handler{}}
 	s.act.draining = &s.draining
 	s.level = lv
+	s.cfgFile = opts.ConfigFile
+	s.lnServer = map[net.Listener]*http.Server{}
+	s.reloads = newReloadsCounter()
+	s.alogDropped = newAccessLogDropped()
+	s.m.Registry.MustRegister(s.reloads, s.alogDropped)
+	s.stdout = opts.Stdout
+	if s.stdout == nil {
+		s.stdout = os.Stdout
+	}
 	s.src = opts.Source
 	if s.src == nil {
 		src, err := s.newSource()
@@ -131,6 +160,9 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 			return nil, err
 		}
 		s.regAddr = addr
+	}
+	if _, err := s.setAccessLog(cfg.AccessLog); err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.source, err)
 	}
 	return s, nil
 }
@@ -265,10 +297,10 @@ func (s *Sidecar) Ready() (bool, string) {
 			return false, why
 		}
 	}
-	if in := s.inbound; in != nil && in.hc != nil && !in.hc.Healthy(appAddr(s.cfg.Service)) {
+	if in := s.inbound; in != nil && in.hc != nil && !in.hc.Healthy(appAddr(s.config().Service)) {
 		return false, "local app failing its health check"
 	}
-	for _, c := range s.clusters {
+	for _, c := range s.clusterList() {
 		select {
 		case <-c.Ready():
 		default:
@@ -287,7 +319,7 @@ func (s *Sidecar) WaitReady(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	for _, c := range s.clusters {
+	for _, c := range s.clusterList() {
 		select {
 		case <-c.Ready():
 		case <-ctx.Done():
@@ -312,6 +344,8 @@ func (s *Sidecar) ProbeAddr() string {
 }
 
 func (s *Sidecar) UpstreamAddr(service string) string {
+	s.clMu.RLock()
+	defer s.clMu.RUnlock()
 	for _, nl := range s.outbound {
 		if nl.name == service {
 			return nl.ln.Addr().String()
@@ -344,15 +378,30 @@ func (s *Sidecar) InboundAddr() string {
 }
 
 // Cluster returns the named upstream cluster.
-func (s *Sidecar) Cluster(name string) *Cluster { return s.byName[name] }
+func (s *Sidecar) Cluster(name string) *Cluster {
+	s.clMu.RLock()
+	defer s.clMu.RUnlock()
+	return s.byName[name]
+}
+
+// clusterList is the upstream clusters in force (a reload replaces the
+// slice, never changes it).
+func (s *Sidecar) clusterList() []*Cluster {
+	s.clMu.RLock()
+	defer s.clMu.RUnlock()
+	return s.clusters
+}
 
 // Clusters returns the /clusters view.
 func (s *Sidecar) Clusters() []ClusterStatus {
-	out := make([]ClusterStatus, 0, len(s.clusters)+1)
-	for _, c := range s.clusters {
+	s.clMu.RLock()
+	cl, fo := s.clusters, s.failover
+	s.clMu.RUnlock()
+	out := make([]ClusterStatus, 0, len(cl)+1)
+	for _, c := range cl {
 		cs := c.Status()
-		if s.failover != nil {
-			cs.Datacenters = s.failover.Status(c.Name)
+		if fo != nil {
+			cs.Datacenters = fo.Status(c.Name)
 		}
 		out = append(out, cs)
 	}
@@ -372,19 +421,26 @@ func (s *Sidecar) Clusters() []ClusterStatus {
 func (s *Sidecar) Shutdown(ctx context.Context) error {
 	var err error
 	s.stopOnce.Do(func() {
+		s.reloadMu.Lock() // no reload from now on
+		s.stopping = true
+		s.reloadMu.Unlock()
+		drain := s.config().Drain
 		start := time.Now()
-		deadline := start.Add(s.cfg.Drain.Timeout)
+		deadline := start.Add(drain.Timeout)
 		s.draining.Store(true)
-		s.log.Info("draining", "timeout", s.cfg.Drain.Timeout, "inbound_grace", *s.cfg.Drain.InboundGrace,
-			"quiet_period", *s.cfg.Drain.QuietPeriod)
+		s.log.Info("draining", "timeout", drain.Timeout, "inbound_grace", *drain.InboundGrace,
+			"quiet_period", *drain.QuietPeriod)
 		s.stopRegistration() // first: other sidecars stop sending here while we drain
 		inboundClosed, inboundDone := s.drainInbound(ctx, deadline)
 		s.waitOutboundQuiet(ctx, inboundClosed, deadline)
 		s.log.Info("outbound quiet; stopping", "drained_for", time.Since(start).Round(time.Millisecond))
 		dctx, cancel := context.WithDeadline(ctx, deadline)
 		defer cancel()
+		s.clMu.RLock()
+		servers, outbound := s.servers, s.outbound
+		s.clMu.RUnlock()
 		var wg sync.WaitGroup
-		for _, srv := range s.servers {
+		for _, srv := range servers {
 			if srv == s.inboundSrv {
 				continue
 			}
@@ -405,7 +461,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		}
 		wg.Wait()
 		<-inboundDone
-		for _, nl := range s.outbound {
+		for _, nl := range outbound {
 			nl.ln.Close()
 		}
 		// TCP relays first: the transparent listener waits for the relays it
@@ -423,7 +479,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		for _, stop := range s.closers { // CDS watches
 			stop()
 		}
-		for _, c := range s.clusters {
+		for _, c := range s.clusterList() {
 			c.close()
 		}
 		if s.inbound != nil {
@@ -431,6 +487,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		}
 		s.stopXDSServer()
 		s.shutdownTracing()
+		if l := s.alog.Swap(nil); l != nil {
+			l.close()
+		}
 		if s.ownSrc && s.src != nil {
 			_ = s.src.Close()
 		}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
@@ -20,15 +21,15 @@ import (
 // passing half-closes through. io.Copy between *net.TCPConn uses splice(2)
 // on Linux, so the bytes never enter user space.
 type tcpProxy struct {
-	c           *Cluster
-	log         *slog.Logger
-	retries     int           // connect failures retried on other endpoints
-	idleTimeout time.Duration // tcp_idle_timeout (0: none)
-	handlers    connGroup     // one per connection its listener accepted
+	c        *Cluster
+	log      *slog.Logger
+	set      atomic.Pointer[tcpSettings]
+	handlers connGroup // one per connection its listener accepted
+	act      *activity // outbound: counts its connections for the drain
+	alog     *atomic.Pointer[accessLog]
 	// accept, when set, vets a new connection before any upstream is
 	// dialed (inbound mTLS: handshake and intentions); false closes it.
 	accept func(net.Conn) bool
-	act    *activity // outbound: counts its connections for the drain
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -36,9 +37,22 @@ type tcpProxy struct {
 }
 
 func newTCPProxy(c *Cluster, log *slog.Logger) *tcpProxy {
-	rp := newRetryPolicy(*c.cfg.RetryPolicy)
-	return &tcpProxy{c: c, log: log, retries: rp.connectRetries(), idleTimeout: *c.cfg.TCPIdleTimeout,
-		conns: map[net.Conn]struct{}{}}
+	p := &tcpProxy{c: c, log: log, conns: map[net.Conn]struct{}{}}
+	p.set.Store(newTCPSettings(c.upstream()))
+	return p
+}
+
+// tcpSettings are the TCP proxy's own settings, read once per connection
+// (a reload swaps them; a connection keeps the ones it started with).
+type tcpSettings struct {
+	retries     int           // connect failures retried on other endpoints
+	idleTimeout time.Duration // tcp_idle_timeout (0: none)
+	hashes      bool          // hash_policy set: hash on the client address
+}
+
+func newTCPSettings(u *Upstream) *tcpSettings {
+	rp := newRetryPolicy(*u.RetryPolicy)
+	return &tcpSettings{retries: rp.connectRetries(), idleTimeout: *u.TCPIdleTimeout, hashes: len(u.HashPolicy) > 0}
 }
 
 func (p *tcpProxy) serve(ln net.Listener) error {
@@ -76,11 +90,11 @@ func (p *tcpProxy) closeAll() {
 // failures). Each attempt takes its max_connections slot before the pick
 // (Envoy's tcp_proxy refuses at once when the limit is reached). On
 // success the returned pick is the relay's attempt, to be ended with Done.
-func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*upstreamConn, picked, error) {
+func (p *tcpProxy) dialUpstream(ctx context.Context, set *tcpSettings, info *balancer.PickInfo) (*upstreamConn, picked, error) {
 	c := p.c
 	var prev *Host
 	var lastErr error
-	for attempt := 0; attempt <= p.retries; attempt++ {
+	for attempt := 0; attempt <= set.retries; attempt++ {
 		br := c.breaker()
 		if err := c.acquireConn(ctx, br, dialTCP); err != nil {
 			return nil, picked{Host: prev}, err
@@ -105,6 +119,7 @@ func (p *tcpProxy) dialUpstream(ctx context.Context, info *balancer.PickInfo) (*
 
 func (p *tcpProxy) handle(down net.Conn) {
 	c := p.c
+	start := time.Now()
 	if p.act != nil {
 		p.act.begin()
 		defer p.act.end()
@@ -116,7 +131,12 @@ func (p *tcpProxy) handle(down net.Conn) {
 		return
 	}
 	var info *balancer.PickInfo
-	if len(c.cfg.HashPolicy) > 0 {
+	set := p.set.Load()
+	var al *accessLog
+	if p.alog != nil {
+		al = p.alog.Load()
+	}
+	if set.hashes {
 		if host, _, err := net.SplitHostPort(down.RemoteAddr().String()); err == nil {
 			info = &balancer.PickInfo{Hash: hashString(host), HasHash: true}
 		}
@@ -126,7 +146,7 @@ func (p *tcpProxy) handle(down net.Conn) {
 	}
 	ctx := context.Background()
 	_, span := c.tp.StartTCP(ctx, tracing.Upstream{Service: c.Name, LBPolicy: c.policyName()})
-	up, pk, err := p.dialUpstream(ctx, info)
+	up, pk, err := p.dialUpstream(ctx, set, info)
 	if err != nil {
 		if p.log.Enabled(ctx, slog.LevelDebug) {
 			p.log.Debug("tcp: no upstream connection", "err", err)
@@ -136,6 +156,13 @@ func (p *tcpProxy) handle(down net.Conn) {
 			tracing.SetLocality(span, pk.Priority, pk.Zone)
 		}
 		tracing.EndTCP(span, 0, 0, tcpOutcome(err))
+		if al != nil {
+			ep := ""
+			if pk.Host != nil {
+				ep = pk.Host.Addr
+			}
+			al.tcpAccess(c, start, ep, flagsOf(classify(err, ctx)), set.retries+1, 0, 0)
+		}
 		return // close: the contract's answer for TCP
 	}
 	tracing.SetEndpoint(span, pk.Host.Addr)
@@ -143,11 +170,14 @@ func (p *tcpProxy) handle(down net.Conn) {
 	p.track(up, true)
 	defer p.track(up, false)
 	defer up.Close()
-	sent, recv := relay(down, up, p.idleTimeout)
+	sent, recv := relay(down, up, set.idleTimeout)
 	c.m.tcpBytes.WithLabelValues(c.Name, "sent").Add(float64(sent))
 	c.m.tcpBytes.WithLabelValues(c.Name, "received").Add(float64(recv))
 	pk.Done(DoneInfo{Status: http.StatusOK}) // a relayed connection counts as 2xx
 	tracing.EndTCP(span, sent, recv, tracing.OutcomeOK)
+	if al != nil {
+		al.tcpAccess(c, start, pk.Host.Addr, 0, 1, sent, recv)
+	}
 }
 
 func tcpOutcome(err error) tracing.Outcome {

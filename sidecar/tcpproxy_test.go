@@ -120,7 +120,7 @@ upstreams:
 	if got := *s.Cluster("echo").cfg.TCPIdleTimeout; got != 0 {
 		t.Fatalf("tcp_idle_timeout = %v, want 0 (disabled)", got)
 	}
-	if p := s.tcpFor(s.Cluster("echo")); p.idleTimeout != 0 {
-		t.Fatalf("relay idle timeout = %v, want none", p.idleTimeout)
+	if p := s.tcpFor(s.Cluster("echo")); p.set.Load().idleTimeout != 0 {
+		t.Fatalf("relay idle timeout = %v, want none", p.set.Load().idleTimeout)
 	}
 }

@@ -73,7 +73,7 @@ func (t *transparentListener) close() {
 
 // clusterFor finds the upstream that owns a destination address.
 func (t *transparentListener) clusterFor(dst string) *Cluster {
-	for _, c := range t.s.clusters {
+	for _, c := range t.s.clusterList() {
 		if c.host(dst) != nil {
 			return c
 		}
@@ -139,7 +139,7 @@ func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) 
 			c = t.clusterFor(pc.dst)
 		}
 	} else {
-		c = t.s.byName[name] // called by name: an unknown name is a 404
+		c = t.s.Cluster(name) // called by name: an unknown name is a 404
 	}
 	if c == nil || c.cfg.Protocol == "tcp" {
 		writeLocalReply(w, r, &upstreamError{kind: failUnknown, host: r.Host, err: ErrUnknownUpstream})

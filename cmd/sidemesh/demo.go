@@ -27,10 +27,12 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep running after the load and print the admin URLs")
 	n := fs.Int("requests", 3000, "requests to send")
 	policy := fs.String("lb", "round_robin", "lb_policy for the demo upstream")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	adminAddr := fs.String("admin", "127.0.0.1:0", "the demo sidecar's admin address (default: a free port)")
+	listen := fs.String("listen", "127.0.0.1:0", "the demo upstream's listener (default: a free port)")
+	if code, ok := parseFlags(fs, "sidemesh demo [--keep] [flags]", args, stdout, stderr); !ok {
+		return code
 	}
-	if err := demo(stdout, stderr, *keep, *n, *policy); err != nil {
+	if err := demo(stdout, stderr, demoOptions{keep: *keep, n: *n, policy: *policy, admin: *adminAddr, listen: *listen}); err != nil {
 		fmt.Fprintln(stderr, "sidemesh demo:", err)
 		return 1
 	}
@@ -44,7 +46,15 @@ type demoBackend struct {
 	srv    *http.Server
 }
 
-func demo(stdout, stderr io.Writer, keep bool, n int, policy string) error {
+type demoOptions struct {
+	keep          bool
+	n             int
+	policy        string
+	admin, listen string
+}
+
+func demo(stdout, stderr io.Writer, o demoOptions) error {
+	keep, n, policy := o.keep, o.n, o.policy
 	weights := []int{1, 3, 6}
 	var backends []*demoBackend
 	for i, w := range weights {
@@ -99,11 +109,9 @@ upstreams:
 	}
 	defer cp.Shutdown(context.Background())
 
-	admin, listen := "127.0.0.1:0", "127.0.0.1:0"
-	if keep {
-		admin, listen = "127.0.0.1:15000", "127.0.0.1:9001"
-	}
+	admin, listen := o.admin, o.listen
 	cfgText := fmt.Sprintf(`node: demo-1
+drain: {inbound_grace: 0s, quiet_period: 0s}
 admin: %s
 discovery:
   xds: {address: %s}

@@ -28,8 +28,8 @@ func cmdInject(args []string, stdout, stderr io.Writer) int {
 	image := fs.String("image", "ghcr.io/sidemesh/sidemesh:"+injectTag(), "sidecar image")
 	configMap := fs.String("config-map", "sidemesh-config", "ConfigMap holding sidemesh.yaml")
 	noCapture := fs.Bool("no-capture", false, "do not add the capture init container")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, "sidemesh inject -f IN.yaml [flags]", args, stdout, stderr); !ok {
+		return code
 	}
 	if *in == "" {
 		fmt.Fprintln(stderr, "sidemesh inject: -f IN.yaml is required")

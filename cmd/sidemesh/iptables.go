@@ -15,12 +15,7 @@ import (
 // inbound listener. The default backend programs nf_tables through netlink,
 // so no binary is needed; --backend iptables runs iptables/ip6tables.
 func cmdIptables(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "install" && args[0] != "remove") {
-		fmt.Fprintln(stderr, "usage: sidemesh iptables install|remove [--backend nftables|iptables] [--proxy-port 15001] [--proxy-uid 1337] [--inbound-port 15006 --inbound-ports 8080,9090|*] [--exclude-ports 15021] [--exclude-cidrs 198.18.0.0/15] [--exclude-uids 0] [--ipv6 auto|on|off] [--dry-run]")
-		return 2
-	}
 	fs := flag.NewFlagSet("iptables", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	backend := fs.String("backend", "nftables", "nftables (netlink, no binary needed) or iptables (runs the iptables/ip6tables binaries)")
 	proxyPort := fs.Uint("proxy-port", injectCapturePort, "transparent listener port")
 	proxyUID := fs.Uint("proxy-uid", injectProxyUID, "uid the sidecar runs as (its traffic is not captured)")
@@ -33,8 +28,17 @@ func cmdIptables(args []string, stdout, stderr io.Writer) int {
 	dry := fs.Bool("dry-run", false, "print the rules (nft syntax, or the iptables commands) instead of applying them")
 	bin := fs.String("iptables", "iptables", "iptables binary (--backend iptables)")
 	bin6 := fs.String("ip6tables", "ip6tables", "ip6tables binary (--backend iptables)")
-	if err := fs.Parse(args[1:]); err != nil {
+	const usageLine = "sidemesh iptables install|remove [flags]"
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		code, _ := parseFlags(fs, usageLine, args[:1], stdout, stderr)
+		return code
+	}
+	if len(args) == 0 || (args[0] != "install" && args[0] != "remove") {
+		fmt.Fprintln(stderr, "usage: sidemesh iptables install|remove [--backend nftables|iptables] [--proxy-port 15001] [--proxy-uid 1337] [--inbound-port 15006 --inbound-ports 8080,9090|*] [--exclude-ports 15021] [--exclude-cidrs 198.18.0.0/15] [--exclude-uids 0] [--ipv6 auto|on|off] [--dry-run]")
 		return 2
+	}
+	if code, ok := parseFlags(fs, usageLine, args[1:], stdout, stderr); !ok {
+		return code
 	}
 	usageErr := func(err error) int {
 		fmt.Fprintln(stderr, "sidemesh iptables:", err)

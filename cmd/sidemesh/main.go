@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +22,26 @@ commands:
   inject -f IN.yaml  print Kubernetes manifests with the sidecar added
   version            print the version
 `
+
+// parseFlags parses a command's flags. --help (or -h) prints the
+// command's usage line and flags to stdout: code 0. A bad flag prints its
+// error and the usage to stderr: code 2. ok says whether to go on.
+func parseFlags(fs *flag.FlagSet, usageLine string, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // printed below, to the right stream
+	err := fs.Parse(args)
+	if err == nil {
+		return 0, true
+	}
+	w, code := stderr, 2
+	if errors.Is(err, flag.ErrHelp) {
+		w, code = stdout, 0
+	}
+	fmt.Fprintf(w, "usage: %s\n\nflags:\n", usageLine)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	return code, false
+}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {

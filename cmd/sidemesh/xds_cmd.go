@@ -22,8 +22,8 @@ func cmdXDS(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "", "config file (YAML)")
 	adminAddr := fs.String("admin", "", "admin address (default: the config's admin, or "+sidecar.DefaultControlPlaneAdmin+" when it is the sidecar default)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, "sidemesh xds -c FILE", args, stdout, stderr); !ok {
+		return code
 	}
 	if *cfgPath == "" {
 		fmt.Fprintln(stderr, "sidemesh xds: -c FILE is required")
