@@ -115,22 +115,23 @@ type Cluster struct {
 	// origin is the local cluster's hosts per zone (nil: unknown).
 	origin map[string]int
 
-	mu           sync.Mutex
-	hosts        map[string]*Host
-	snap         *discovery.Snapshot
-	resourceErr  error
-	ambientErr   error
-	ambientSince time.Time
-	lastFresh    time.Time
-	updates      uint64
-	haveFirst    bool
-	ready        chan struct{}
-	slowTimer    *time.Timer
-	closed       bool
-	cancelWatch  func()
-	bgCtx        context.Context
-	bgCancel     context.CancelFunc
-	bgWG         sync.WaitGroup
+	mu            sync.Mutex
+	hosts         map[string]*Host
+	snap          *discovery.Snapshot
+	resourceErr   error
+	ambientErr    error
+	ambientSince  time.Time
+	ambientWarned time.Time // the last warn about ambientErr
+	lastFresh     time.Time
+	updates       uint64
+	haveFirst     bool
+	ready         chan struct{}
+	slowTimer     *time.Timer
+	closed        bool
+	cancelWatch   func()
+	bgCtx         context.Context
+	bgCancel      context.CancelFunc
+	bgWG          sync.WaitGroup
 }
 
 // newCluster builds a cluster; start begins watching and background work.
@@ -454,15 +455,33 @@ func (c *Cluster) onResourceError(err error) {
 	c.rebuild()
 }
 
+// ambientWarnEvery bounds how often a run of the same discovery error is
+// logged at warn (the source retries with backoff; each retry fails alike).
+const ambientWarnEvery = time.Minute
+
 func (c *Cluster) onAmbientError(err error) {
 	c.mu.Lock()
+	now := time.Now()
 	if c.ambientErr == nil {
-		c.ambientSince = time.Now()
+		c.ambientSince = now
+	}
+	warn := c.ambientErr == nil || c.ambientErr.Error() != err.Error() || now.Sub(c.ambientWarned) >= ambientWarnEvery
+	if warn {
+		c.ambientWarned = now
 	}
 	c.ambientErr = err
+	had := c.snap != nil
 	c.mu.Unlock()
 	c.m.discoveryErrors.WithLabelValues(c.Name, "ambient").Inc()
-	c.log.Warn("discovery trouble; keeping the last endpoints", "err", err)
+	msg := "discovery trouble; keeping the last endpoints"
+	if !had {
+		msg = "discovery trouble; no endpoints yet"
+	}
+	if warn {
+		c.log.Warn(msg, "err", err)
+	} else {
+		c.log.Debug(msg, "err", err)
+	}
 }
 
 // rebuild recomputes the eligible set and swaps in new pickers, one per

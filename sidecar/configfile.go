@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 
 	"github.com/sidemesh/sidemesh/internal/confyaml"
+	"github.com/sidemesh/sidemesh/upstream"
 )
 
 // Load reads, strictly decodes, defaults and validates a config file.
@@ -38,7 +41,7 @@ func parse(name string, data []byte, lookup func(string) (string, bool)) (*Confi
 	c.source = name
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w%s", name, err, lineOf(res, err))
 	}
 	return &c, nil
 }
@@ -61,3 +64,26 @@ func recordSetKeys(res *confyaml.Result, c *Config) {
 
 // IsSet reports whether the config file set the upstream key.
 func (u *Upstream) IsSet(key string) bool { return u.set[key] }
+
+// errKey finds the key path a validation error names: the key of an
+// upstream.KeyError, else the path after "config: ".
+var errKey = regexp.MustCompile(`config: ([A-Za-z0-9_.\[\]]+)[: ]`)
+
+// lineOf is " (line N)" for the key a validation error names, when the
+// document has it (or an enclosing key) and the message has no line yet.
+func lineOf(res *confyaml.Result, err error) string {
+	if strings.Contains(err.Error(), "(line ") {
+		return ""
+	}
+	key := ""
+	var ke *upstream.KeyError
+	if errors.As(err, &ke) {
+		key = ke.Key
+	} else if m := errKey.FindStringSubmatch(err.Error()); m != nil {
+		key = m[1]
+	}
+	if l := res.Line(key); key != "" && l > 0 {
+		return fmt.Sprintf(" (line %d)", l)
+	}
+	return ""
+}

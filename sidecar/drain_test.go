@@ -168,3 +168,17 @@ func TestDrainConfig(t *testing.T) {
 		t.Fatalf("negative quiet_period: err = %v", err)
 	}
 }
+
+// Validation errors name the line of their key, like decoding errors.
+func TestValidationErrorsNameTheLine(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"node: x\ndrain: {timeout: 1s, inbound_grace: 2s}\n", "d.yaml: config: drain.inbound_grace: \"2s\" must not be longer than drain.timeout (1s) (line 2)"},
+		{"node: x\ndiscovery: {file: e.yaml}\nupstreams:\n  - service: api\n    lb_policy: nope\n", "(line 5)"},
+		{"node: x\nadmin:\n  address: nope\n", "d.yaml: config: admin.address: \"nope\" is not host:port (line 2)"}, // admin decodes itself: its own line
+	} {
+		_, err := Parse("d.yaml", []byte(tc.doc))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want %q", tc.doc, err, tc.want)
+		}
+	}
+}

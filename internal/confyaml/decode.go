@@ -64,7 +64,28 @@ type Options struct {
 
 // Result tells what the document held beyond the decoded values.
 type Result struct {
-	keys map[string][]string
+	keys  map[string][]string
+	lines map[string]int
+}
+
+// Line returns the line of the key at path (`upstreams[0].lb_policy`), or
+// of the nearest enclosing key the document has; 0 when none is known.
+// Validation errors, found after decoding, use it to name their line.
+func (r *Result) Line(path string) int {
+	if r == nil {
+		return 0
+	}
+	for path != "" {
+		if l, ok := r.lines[path]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
 }
 
 // Keys returns the keys, in document order, of the mapping decoded at
@@ -93,7 +114,7 @@ func Decode(data []byte, v any, opts Options) (*Result, error) {
 		max:    opts.MaxAliasNodes,
 		lookup: opts.Lookup,
 		active: map[*yaml.Node]bool{},
-		res:    &Result{keys: map[string][]string{}},
+		res:    &Result{keys: map[string][]string{}, lines: map[string]int{}},
 	}
 	if d.max <= 0 {
 		d.max = DefaultMaxAliasNodes
@@ -233,6 +254,9 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string, at int) 
 		name := p.key.Value
 		keys = append(keys, name)
 		kp := join(path, name)
+		if _, ok := d.res.lines[kp]; !ok {
+			d.res.lines[kp] = p.key.Line
+		}
 		f, ok := info.byName[name]
 		if !ok {
 			if info.inlineMap == nil {
@@ -323,7 +347,11 @@ func (d *decoder) sequence(n *yaml.Node, v reflect.Value, path string, at int) e
 	}
 	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 	for i, c := range n.Content {
-		if err := d.decode(c, s.Index(i), fmt.Sprintf("%s[%d]", path, i), c.Line); err != nil {
+		ep := fmt.Sprintf("%s[%d]", path, i)
+		if _, ok := d.res.lines[ep]; !ok {
+			d.res.lines[ep] = c.Line
+		}
+		if err := d.decode(c, s.Index(i), ep, c.Line); err != nil {
 			return err
 		}
 	}
