@@ -324,6 +324,8 @@ func (s *Sidecar) retire(gone []retired, timeout time.Duration) {
 			}
 			s.hmu.Lock()
 			p := s.tcpByCluster[r.c]
+			delete(s.tcpByCluster, r.c)
+			delete(s.httpByCluster, r.c)
 			s.hmu.Unlock()
 			if p != nil {
 				p.closeAll()
