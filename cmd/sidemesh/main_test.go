@@ -221,3 +221,37 @@ func TestUnknownCommand(t *testing.T) {
 		t.Fatalf("%d %s", code, errb.String())
 	}
 }
+
+// --help on every command exits 0 and lists the command's flags on stdout;
+// a bad flag exits 2 with the usage on stderr.
+func TestHelpOnEveryCommand(t *testing.T) {
+	for _, tc := range []struct {
+		args  []string
+		flags []string
+	}{
+		{[]string{"run", "--help"}, []string{"-c"}},
+		{[]string{"xds", "--help"}, []string{"-c"}},
+		{[]string{"demo", "--help"}, []string{"-keep", "-requests", "-lb", "-admin", "-listen"}},
+		{[]string{"inject", "-h"}, []string{"-f"}},
+		{[]string{"iptables", "--help"}, []string{"-backend", "-proxy-port", "-dry-run"}},
+		{[]string{"iptables", "install", "--help"}, []string{"-backend"}},
+	} {
+		var out, errb strings.Builder
+		if code := run(tc.args, &out, &errb); code != 0 {
+			t.Errorf("%v: exit %d (stderr %q)", tc.args, code, errb.String())
+			continue
+		}
+		if !strings.HasPrefix(out.String(), "usage: sidemesh "+tc.args[0]) {
+			t.Errorf("%v: stdout %q", tc.args, out.String())
+		}
+		for _, f := range tc.flags {
+			if !strings.Contains(out.String(), "  "+f+" ") && !strings.Contains(out.String(), "  "+f+"\n") {
+				t.Errorf("%v: usage lacks %s:\n%s", tc.args, f, out.String())
+			}
+		}
+	}
+	var out, errb strings.Builder
+	if code := run([]string{"run", "--nosuch"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "usage: sidemesh run") {
+		t.Errorf("bad flag: exit %d, stderr %q", code, errb.String())
+	}
+}
