@@ -3,8 +3,10 @@ package sidecar
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"testing"
 	"time"
@@ -69,9 +71,27 @@ upstreams:
 	if resp.StatusCode != 200 || !resp.Close {
 		t.Fatalf("inbound during grace: status %d, Close %v (want 200 and Connection: close)", resp.StatusCode, resp.Close)
 	}
-	resp, _ = get(t, h2cClient(), in+"/")
-	if resp.StatusCode != 200 {
-		t.Fatalf("inbound HTTP/2 during grace: status %d", resp.StatusCode)
+	// HTTP/2: GOAWAY after the answer, so the next request needs a new
+	// connection.
+	h2 := h2cClient()
+	var reused []bool
+	for range 2 {
+		req, _ := http.NewRequest("GET", in+"/", nil)
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(ci httptrace.GotConnInfo) { reused = append(reused, ci.Reused) },
+		}))
+		resp, err := h2.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("inbound HTTP/2 during grace: %d %s", resp.StatusCode, resp.Proto)
+		}
+	}
+	if len(reused) != 2 || reused[1] {
+		t.Fatalf("HTTP/2 connection reused after the grace answer (GotConn reused %v): no GOAWAY", reused)
 	}
 	// Outbound still serves new requests during the grace.
 	if resp, body := get(t, c, out+"/"); resp.StatusCode != 200 || body != "ok" {
