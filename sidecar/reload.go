@@ -33,9 +33,9 @@ import (
 //   - discovery (file or Consul) changed: the upstreams watch the new source,
 //     endpoints that stay keep their state;
 //   - log_level, drain and access_log take effect;
-//   - node, admin, probe, service, transparent, tracing, xds_server and
-//     discovery.xds take effect only at a restart: a reload that changes
-//     them is refused.
+//   - node, admin, probe, service, transparent, tracing, xds_server,
+//     discovery.xds and mtls take effect only at a restart: a reload that
+//     changes them is refused.
 //
 // A new config that fails to load is rejected whole: the running one stays.
 
@@ -105,7 +105,7 @@ func restartOnly(c *Config) []struct {
 		v   any
 	}{{"node", c.Node}, {"admin", [2]any{c.Admin.Address, c.Admin.Pprof}}, {"probe", c.Probe}, {"service", c.Service},
 		{"transparent", c.Transparent}, {"tracing", c.Tracing}, {"xds_server", c.XDSServer},
-		{"discovery.xds", c.Discovery.XDS}}
+		{"discovery.xds", c.Discovery.XDS}, {"mtls", c.MTLS}}
 }
 
 // retired is a listener (and maybe its cluster) a reload took out of
