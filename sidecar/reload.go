@@ -34,7 +34,7 @@ import (
 //     endpoints that stay keep their state;
 //   - log_level, drain and access_log take effect;
 //   - node, admin, probe, service, transparent, tracing, xds_server,
-//     discovery.xds, mtls and metrics take effect only at a restart: a reload that
+//     discovery.xds, mtls, metrics and zone take effect only at a restart: a reload that
 //     changes them is refused.
 //
 // A new config that fails to load is rejected whole: the running one stays.
@@ -105,7 +105,7 @@ func restartOnly(c *Config) []struct {
 		v   any
 	}{{"node", c.Node}, {"admin", [2]any{c.Admin.Address, c.Admin.Pprof}}, {"probe", c.Probe}, {"service", c.Service},
 		{"transparent", c.Transparent}, {"tracing", c.Tracing}, {"xds_server", c.XDSServer},
-		{"discovery.xds", c.Discovery.XDS}, {"mtls", c.MTLS}, {"metrics", c.Metrics}}
+		{"discovery.xds", c.Discovery.XDS}, {"mtls", c.MTLS}, {"metrics", c.Metrics}, {"zone", c.Zone}}
 }
 
 // retired is a listener (and maybe its cluster) a reload took out of
