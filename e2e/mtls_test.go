@@ -48,6 +48,7 @@ type meshPod struct {
 	proc    *testenv.Process
 	client  *http.Client // dials from inside the pod
 	appHits atomic.Int64
+	alog    string // the sidecar's access log file, when it has one
 }
 
 // startMeshApp serves "hello from NAME" on 127.0.0.1:meshApp in the pod.
@@ -148,8 +149,10 @@ func startMesh(t *testing.T) *meshMesh {
 	m.cc = m.consul.Client(t)
 	m.api, m.web, m.outsider = newMeshPod(t, pods, "api"), newMeshPod(t, pods, "web"), newMeshPod(t, pods, "outsider")
 	startMeshApp(t, m.api, "api")
+	m.api.alog = filepath.Join(testenv.ReadableTempDir(t), "access.log")
 	startMeshSidecar(t, m.api, m.consul, "api-1", fmt.Sprintf(
-		"service: {name: api, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: strict}\n", meshApp, meshInbound, m.api.pod.IP))
+		"service: {name: api, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: strict}\naccess_log: {path: %q}\n",
+		meshApp, meshInbound, m.api.pod.IP, m.api.alog))
 	startMeshSidecar(t, m.web, m.consul, "web-1", fmt.Sprintf(
 		"service: {name: web, port: %d, inbound: \"0.0.0.0:%d\", address: %s}\nmtls: {mode: strict}\nupstreams:\n  - {service: api, listen: \"127.0.0.1:%d\"}\n",
 		meshApp, meshInbound, m.web.pod.IP, meshOutbound))
@@ -390,6 +393,28 @@ func TestMTLSIntentionsAcrossPods(t *testing.T) {
 	if v, ok := consulMetricPod(t, m.api, `sidemesh_authz_decisions_total{result="deny"}`); !ok || v < 10 {
 		t.Fatalf("deny decisions counted %v", v)
 	}
+	// The decisions are in api's access log, with the source's identity.
+	testenv.Eventually(t, 10*time.Second, "denied requests in the access log", func() error {
+		data, err := os.ReadFile(m.api.alog)
+		if err != nil {
+			return err
+		}
+		denied := 0
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			var e struct {
+				Status int    `json:"status"`
+				Source string `json:"source_identity"`
+				Authz  string `json:"authz"`
+			}
+			if json.Unmarshal([]byte(line), &e) == nil && e.Authz == "deny" && e.Status == 403 && strings.HasSuffix(e.Source, "/svc/web") {
+				denied++
+			}
+		}
+		if denied < 10 {
+			return fmt.Errorf("%d denied lines naming web", denied)
+		}
+		return nil
+	})
 	// Delete it: traffic flows again.
 	if _, err := m.cc.ConfigEntries().Delete(api.ServiceIntentions, "api", nil); err != nil {
 		t.Fatal(err)

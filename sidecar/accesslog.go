@@ -111,6 +111,8 @@ type accessEntry struct {
 	txBytes   int64 // to downstream
 	requestID string
 	traceID   trace.TraceID
+	source    string // the client's SPIFFE ID (inbound mTLS)
+	authz     string // the intentions' decision: allow, deny ("" when none was taken)
 }
 
 // accessRecord is what the proxy learns about a request for its line
@@ -120,6 +122,8 @@ type accessRecord struct {
 	endpoint string
 	flags    uint8
 	traceID  trace.TraceID
+	source   string // inbound mTLS: the client's SPIFFE ID
+	authz    string // inbound mTLS: allow or deny
 }
 
 type accessKey struct{}
@@ -252,9 +256,10 @@ func (l *accessLog) format(b []byte, e *accessEntry) []byte {
 		if len(flags) > 0 {
 			fl = strings.Join(flags, ",")
 		}
-		b = fmt.Appendf(b, "start=%s duration_ms=%.3f method=%s authority=%q path=%q protocol=%s status=%d flags=%s attempts=%d upstream=%s endpoint=%s bytes_received=%d bytes_sent=%d request_id=%s trace_id=%s\n",
+		b = fmt.Appendf(b, "start=%s duration_ms=%.3f method=%s authority=%q path=%q protocol=%s status=%d flags=%s attempts=%d upstream=%s endpoint=%s bytes_received=%d bytes_sent=%d request_id=%s trace_id=%s source=%s authz=%s\n",
 			e.start.UTC().Format(time.RFC3339Nano), float64(e.duration)/1e6, dash(e.method), e.authority, e.path, e.protocol,
-			e.status, fl, e.attempts, dash(e.upstream), dash(e.endpoint), e.rxBytes, e.txBytes, dash(e.requestID), dash(trace))
+			e.status, fl, e.attempts, dash(e.upstream), dash(e.endpoint), e.rxBytes, e.txBytes, dash(e.requestID), dash(trace),
+			dash(e.source), dash(e.authz))
 		return b
 	}
 	if flags == nil {
@@ -276,8 +281,10 @@ func (l *accessLog) format(b []byte, e *accessEntry) []byte {
 		Tx        int64    `json:"bytes_sent"`
 		RequestID string   `json:"request_id,omitempty"`
 		TraceID   string   `json:"trace_id,omitempty"`
+		Source    string   `json:"source_identity,omitempty"`
+		Authz     string   `json:"authz,omitempty"`
 	}{e.start.UTC().Format(time.RFC3339Nano), float64(e.duration) / 1e6, e.method, e.authority, e.path, e.protocol,
-		e.status, flags, e.attempts, e.upstream, e.endpoint, e.rxBytes, e.txBytes, e.requestID, trace}
+		e.status, flags, e.attempts, e.upstream, e.endpoint, e.rxBytes, e.txBytes, e.requestID, trace, e.source, e.authz}
 	j, _ := json.Marshal(line)
 	b = append(b, j...)
 	return append(b, '\n')
@@ -315,6 +322,7 @@ func (l *accessLog) wrap(c *Cluster, h http.Handler) http.Handler {
 			e.status = 0 // nothing answered (the client went away)
 		}
 		e.flags, e.attempts, e.endpoint, e.traceID = rec.flags, rec.attempts, rec.endpoint, rec.traceID
+		e.source, e.authz = rec.source, rec.authz
 		if body != nil {
 			e.rxBytes = body.n
 		}

@@ -284,3 +284,25 @@ func BenchmarkAccessLog(b *testing.B) {
 		})
 	}
 }
+
+// The inbound listener logs too (its attempts carry no client span).
+func TestAccessLogInbound(t *testing.T) {
+	app := startBackend(t, "app", nil)
+	_, port, _ := strings.Cut(app.addr, ":")
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	s, _ := startSidecar(t, fmt.Sprintf(`
+admin: 127.0.0.1:0
+access_log: {path: %s}
+service: {name: web, port: %s, inbound: 127.0.0.1:0}
+`, logPath, port), "services: {}\n")
+	c := h1Client()
+	for range 3 {
+		if resp, body := get(t, c, "http://"+s.InboundAddr()+"/in"); resp.StatusCode != 200 || body != "hello from app" {
+			t.Fatalf("inbound: %d %q", resp.StatusCode, body)
+		}
+	}
+	eventually(t, 10*time.Second, "three inbound lines", func() bool {
+		data, _ := os.ReadFile(logPath)
+		return strings.Count(string(data), `"path":"/in"`) == 3 && strings.Count(string(data), `"status":200`) == 3
+	})
+}

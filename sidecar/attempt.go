@@ -122,7 +122,7 @@ func (r *proxyRequest) attempt(n int, retry bool) (*http.Response, retryDecision
 		}
 	}
 	a, areq := r.begin(p, n)
-	if r.rec != nil && !r.rec.traceID.IsValid() {
+	if r.rec != nil && a.span != nil && !r.rec.traceID.IsValid() {
 		r.rec.traceID = a.span.SpanContext().TraceID()
 	}
 	tr := r.t.h1

@@ -140,7 +140,14 @@ func (s *Sidecar) authorizeHTTP(h http.Handler) http.Handler {
 		id, _ := mtls.PeerID(r.TLS)
 		src := mtls.ServiceOf(id)
 		d := mt.authz.Request(src, r)
-		if !mt.decide(d) {
+		allowed := mt.decide(d)
+		if rec := accessRecordFrom(r.Context()); rec != nil {
+			rec.source, rec.authz = id.String(), "deny"
+			if allowed {
+				rec.authz = "allow"
+			}
+		}
+		if !allowed {
 			s.log.Debug("mtls: request denied", "source", id.String(), "destination", mt.service, "reason", d.Reason, "path", r.URL.Path)
 			writeLocalReply(w, r, &authzDenied{source: id.String(), destination: mt.service, reason: d.Reason})
 			return
