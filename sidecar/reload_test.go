@@ -127,8 +127,11 @@ upstreams:
 				t.Fatalf("reload %d: %v", i, err)
 			}
 		}
+		// The watcher may also apply an earlier write late (the same file
+		// read again): wait for this reload's content, not only a count.
 		eventually(t, 10*time.Second, fmt.Sprintf("reload %d applied", i), func() bool {
-			return reloadsCount(s, "applied") > before
+			return reloadsCount(s, "applied") > before && s.Cluster("api").policyName() == policies[i%3] &&
+				(s.UpstreamAddr("web") != "") == (webUp != "")
 		})
 		if got := s.Cluster("api").policyName(); got != policies[i%3] {
 			t.Fatalf("reload %d: lb_policy %s, want %s", i, got, policies[i%3])
