@@ -26,8 +26,12 @@ func kindName(n *yaml.Node) string {
 		return "a mapping"
 	case yaml.SequenceNode:
 		return "a list"
+	case yaml.AliasNode:
+		return "an alias (*" + n.Value + ")"
+	case yaml.ScalarNode:
+		return show(n)
 	}
-	return show(n)
+	return "a document"
 }
 
 // show prints a scalar as written: strings quoted, numbers and booleans bare.
