@@ -240,7 +240,8 @@ func (c *Config) SetDefaults() {
 		c.Drain.Timeout = DefaultDrainTimeout
 	}
 	if c.Drain.InboundGrace == nil {
-		d := DefaultDrainInboundGrace
+		// 2s, or the whole drain when drain.timeout is shorter.
+		d := min(DefaultDrainInboundGrace, c.Drain.Timeout)
 		c.Drain.InboundGrace = &d
 	}
 	if c.Drain.QuietPeriod == nil {

@@ -179,6 +179,11 @@ func TestDrainConfig(t *testing.T) {
 	if d := cfg.Drain; d.Timeout != 30*time.Second || *d.InboundGrace != 2*time.Second || *d.QuietPeriod != time.Second {
 		t.Fatalf("drain defaults = %+v", *d)
 	}
+	// Only a short timeout set: the grace shortens with it.
+	cfg, err = Parse("d.yaml", []byte("drain: {timeout: 100ms}\n"))
+	if err != nil || *cfg.Drain.InboundGrace != 100*time.Millisecond {
+		t.Fatalf("drain.timeout 100ms alone: %v, grace %v", err, cfg.Drain.InboundGrace)
+	}
 	_, err = Parse("d.yaml", []byte("drain: {timeout: 1s, inbound_grace: 2s}\n"))
 	if err == nil || !strings.Contains(err.Error(), "drain.inbound_grace") || !strings.Contains(err.Error(), "drain.timeout") {
 		t.Fatalf("inbound_grace > timeout: err = %v", err)
