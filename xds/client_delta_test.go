@@ -36,29 +36,9 @@ func (f *fakeDeltaADS) DeltaAggregatedResources(st discoveryv3.AggregatedDiscove
 	}
 }
 
-// next returns the client's next request of typeURL. Requests of other
-// types read meanwhile are held for later calls: the client sends its
-// CDS and EDS requests in no fixed order.
 func (f *fakeDeltaADS) next(t *testing.T, typeURL string) *discoveryv3.DeltaDiscoveryRequest {
 	t.Helper()
-	for i, r := range f.held {
-		if r.GetTypeUrl() == typeURL {
-			f.held = append(f.held[:i], f.held[i+1:]...)
-			return r
-		}
-	}
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case r := <-f.reqs:
-			if r.GetTypeUrl() == typeURL {
-				return r
-			}
-			f.held = append(f.held, r)
-		case <-timeout:
-			t.Fatalf("no delta %s request", typeURL)
-		}
-	}
+	return nextOfType(t, &f.held, f.reqs, typeURL)
 }
 
 func startGRPC(t *testing.T, register func(*grpc.Server)) string {

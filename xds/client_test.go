@@ -120,6 +120,34 @@ type fakeADS struct {
 	held  []*discoveryv3.DiscoveryRequest // read while waiting for another type, in order
 }
 
+// typed is a request of either protocol.
+type typed interface{ GetTypeUrl() string }
+
+// nextOfType returns the next request of typeURL from held (requests
+// read earlier while waiting for another type) or reqs, holding the
+// others: clients send their CDS and EDS requests in no fixed order.
+func nextOfType[R typed](t *testing.T, held *[]R, reqs <-chan R, typeURL string) R {
+	t.Helper()
+	for i, r := range *held {
+		if r.GetTypeUrl() == typeURL {
+			*held = append((*held)[:i], (*held)[i+1:]...)
+			return r
+		}
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case r := <-reqs:
+			if r.GetTypeUrl() == typeURL {
+				return r
+			}
+			*held = append(*held, r)
+		case <-timeout:
+			t.Fatalf("no %s request", typeURL)
+		}
+	}
+}
+
 func (f *fakeADS) StreamAggregatedResources(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	go func() {
 		for {
@@ -148,28 +176,9 @@ func (f *fakeADS) StreamAggregatedResources(st discoveryv3.AggregatedDiscoverySe
 
 // next returns the client's next request of type typeURL, dropping
 // requests of other types.
-// next returns the client's next request of typeURL; requests of other
-// types read meanwhile are held for later calls.
 func (f *fakeADS) next(t *testing.T, typeURL string) *discoveryv3.DiscoveryRequest {
 	t.Helper()
-	for i, r := range f.held {
-		if r.GetTypeUrl() == typeURL {
-			f.held = append(f.held[:i], f.held[i+1:]...)
-			return r
-		}
-	}
-	timeout := time.After(10 * time.Second)
-	for {
-		select {
-		case r := <-f.reqs:
-			if r.GetTypeUrl() == typeURL {
-				return r
-			}
-			f.held = append(f.held, r)
-		case <-timeout:
-			t.Fatalf("no %s request", typeURL)
-		}
-	}
+	return nextOfType(t, &f.held, f.reqs, typeURL)
 }
 
 func response(t *testing.T, typeURL, version, nonce string, msgs ...proto.Message) *discoveryv3.DiscoveryResponse {

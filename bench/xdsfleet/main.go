@@ -281,44 +281,15 @@ func (cl *client) runDelta(ctx context.Context, conn *grpc.ClientConn, node stri
 		synced.Done()
 		return err
 	}
-	for i, t := range []string{resource.ClusterType, resource.EndpointType} {
-		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: names}
-		if i == 0 {
-			req.Node = &corev3.Node{Id: node}
-		}
-		if err := st.Send(req); err != nil {
-			synced.Done()
-			return err
-		}
-	}
-	var gotCDS, gotEDS, done bool
-	for {
+	return cl.serve(synced, func(t string, n *corev3.Node) error {
+		return st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: names, Node: n})
+	}, func() (string, error) {
 		resp, err := st.Recv()
 		if err != nil {
-			if !done {
-				synced.Done()
-			}
-			return err
+			return "", err
 		}
-		switch resp.GetTypeUrl() {
-		case resource.ClusterType:
-			cl.cds.Add(1)
-			gotCDS = true
-		case resource.EndpointType:
-			cl.eds.Add(1)
-			gotEDS = true
-		}
-		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
-			if !done {
-				synced.Done()
-			}
-			return err
-		}
-		if !done && gotCDS && gotEDS {
-			done = true
-			synced.Done()
-		}
-	}
+		return resp.GetTypeUrl(), st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()})
+	}, node)
 }
 
 // run is one simulated sidecar: SotW ADS (or delta with -delta), CDS and
@@ -332,26 +303,43 @@ func (cl *client) run(ctx context.Context, conn *grpc.ClientConn, node string, n
 		synced.Done()
 		return err
 	}
-	for i, t := range []string{resource.ClusterType, resource.EndpointType} {
-		req := &discoveryv3.DiscoveryRequest{TypeUrl: t, ResourceNames: names}
-		if i == 0 {
-			req.Node = &corev3.Node{Id: node}
+	return cl.serve(synced, func(t string, n *corev3.Node) error {
+		return st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: t, ResourceNames: names, Node: n})
+	}, func() (string, error) {
+		resp, err := st.Recv()
+		if err != nil {
+			return "", err
 		}
-		if err := st.Send(req); err != nil {
+		return resp.GetTypeUrl(), st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResourceNames: names,
+			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+	}, node)
+}
+
+// serve subscribes to CDS then EDS (the node in the first request), then
+// receives, counts and ACKs responses (recvAck) until the stream ends.
+// synced is done once both types have arrived, or when the stream ends
+// before that.
+func (cl *client) serve(synced *sync.WaitGroup, subscribe func(typeURL string, node *corev3.Node) error,
+	recvAck func() (typeURL string, err error), node string) error {
+	done := false
+	defer func() {
+		if !done {
 			synced.Done()
+		}
+	}()
+	for i, t := range []string{resource.ClusterType, resource.EndpointType} {
+		var n *corev3.Node
+		if i == 0 {
+			n = &corev3.Node{Id: node}
+		}
+		if err := subscribe(t, n); err != nil {
 			return err
 		}
 	}
-	var gotCDS, gotEDS, done bool
+	var gotCDS, gotEDS bool
 	for {
-		resp, err := st.Recv()
-		if err != nil {
-			if !done {
-				synced.Done()
-			}
-			return err
-		}
-		switch resp.GetTypeUrl() {
+		t, err := recvAck()
+		switch t {
 		case resource.ClusterType:
 			cl.cds.Add(1)
 			gotCDS = true
@@ -359,11 +347,7 @@ func (cl *client) run(ctx context.Context, conn *grpc.ClientConn, node string, n
 			cl.eds.Add(1)
 			gotEDS = true
 		}
-		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResourceNames: names,
-			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
-			if !done {
-				synced.Done()
-			}
+		if err != nil {
 			return err
 		}
 		if !done && gotCDS && gotEDS {
