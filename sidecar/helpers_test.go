@@ -103,6 +103,13 @@ func startSidecarWith(t testing.TB, cfgYAML, endpoints string, opts Options) (*S
 		var zero time.Duration // tests that are not about the drain stop at once
 		cfg.Drain.InboundGrace, cfg.Drain.QuietPeriod = &zero, &zero
 	}
+	return runSidecar(t, cfg, opts), ep
+}
+
+// runSidecar builds, starts and waits for a sidecar, shut down when the
+// test ends.
+func runSidecar(t testing.TB, cfg *Config, opts Options) *Sidecar {
+	t.Helper()
 	s, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +127,7 @@ func startSidecarWith(t testing.TB, cfgYAML, endpoints string, opts Options) (*S
 	if err := s.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return s, ep
+	return s
 }
 
 // eventually polls cond until it holds or the deadline passes.

@@ -58,24 +58,7 @@ func startMeshSidecar(t testing.TB, ca *mtlstest.CA, identity, mode, body string
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return runSidecar(t, cfg, opts)
 }
 
 func backendPort(b *backend) int {

@@ -35,24 +35,7 @@ func reloadSidecar(t *testing.T, cfgYAML, endpoints string, logs io.Writer) (s *
 	if logs == nil {
 		logs = io.Discard
 	}
-	s, err = New(cfg, Options{ConfigFile: path, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return s, write
+	return runSidecar(t, cfg, Options{ConfigFile: path, Logger: slog.New(slog.NewTextHandler(logs, nil))}), write
 }
 
 func reloadsCount(s *Sidecar, result string) float64 {
