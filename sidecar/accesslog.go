@@ -87,7 +87,7 @@ func flagsOf(k failKind) uint8 {
 		return flagTimeout
 	case failConnect:
 		return flagConnectFailure
-	case failReset, failRefusedStream:
+	case failReset, failRefusedStream, failProtocol:
 		return flagReset
 	}
 	return 0

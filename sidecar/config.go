@@ -39,6 +39,7 @@ type Config struct {
 	LogLevel    string           `yaml:"log_level"`
 	AccessLog   *AccessLogConfig `yaml:"access_log"`
 	Metrics     MetricsConfig    `yaml:"metrics"`
+	Limits      *LimitsConfig    `yaml:"limits"`
 	// Defaults (only in `sidemesh xds -c`) are the upstream settings of
 	// every served service; upstreams[] entries override them.
 	Defaults *upstream.Settings `yaml:"defaults"`
@@ -230,6 +231,10 @@ func (c *Config) SetDefaults() {
 	if c.Drain == nil {
 		c.Drain = &DrainConfig{}
 	}
+	if c.Limits == nil {
+		c.Limits = &LimitsConfig{}
+	}
+	c.Limits.setDefaults()
 	if c.MTLS == nil {
 		c.MTLS = &MTLSConfig{}
 	}
@@ -379,6 +384,9 @@ func (c *Config) Validate() error {
 		if d := c.XDSServer.Debounce; d != nil && *d <= 0 {
 			return bad("xds_server.debounce", *d, "must be > 0")
 		}
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	if err := c.validateMTLS(); err != nil {
 		return err

@@ -229,7 +229,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Host = pr.In.Host
 	pr.Out.Host = pr.In.Host
 	pr.SetXForwarded()
-	if pr.In.Header.Get("X-Request-Id") == "" {
+	if pr.Out.Header.Get("X-Request-Id") == "" { // Out: the client may have named it in Connection
 		pr.Out.Header["X-Request-Id"] = []string{newRequestID()}
 	}
 }

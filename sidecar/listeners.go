@@ -81,13 +81,13 @@ func (s *Sidecar) newClusterHandler(c *Cluster) *clusterHandler {
 
 // serveCluster serves a cluster's listener: its TCP proxy, or an HTTP
 // server (HTTP/1.1 and h2c) over its HTTP proxy.
-func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *http.Server {
+func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *h1Server {
 	if c.cfg.Protocol == "tcp" {
 		p := s.tcpFor(c)
 		s.goServe(func() error { return p.serve(ln) })
 		return nil
 	}
-	srv := newHTTPServer(s.handlerFor(c), c.log)
+	srv := newHTTPServer(s.handlerFor(c), s.cfg.Limits, c.log)
 	s.clMu.Lock()
 	s.servers = append(s.servers, srv)
 	s.lnServer[ln] = srv
@@ -124,21 +124,10 @@ func (s *Sidecar) closeListeners() {
 	}
 }
 
-// newHTTPServer serves HTTP/1.1 and h2c (prior knowledge) on one port; its
-// own errors (a handler's panic, a bad client) go to log.
-func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	p.SetHTTP2(true) // over TLS (an mTLS inbound listener), by ALPN
-	return &http.Server{
-		Handler:           h,
-		Protocols:         &p,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       time.Hour,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+// newHTTPServer serves HTTP/1.1 (the engine, h1server.go) and HTTP/2
+// (h2c with prior knowledge, or by ALPN over TLS) on one port.
+func newHTTPServer(h http.Handler, lim *LimitsConfig, log *slog.Logger) *h1Server {
+	return newH1Server(h, *lim, log)
 }
 
 // Accept backoff on temporary errors, as net/http's Server.Serve: 5 ms,

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
+	"github.com/sidemesh/sidemesh/sidecar/http1client"
 )
 
 // Errors the request path answers with (mapped to responses by localReply).
@@ -30,6 +31,7 @@ const (
 	failNoHealthy // no eligible endpoint
 	failCanceled  // the client went away
 	failUnknown   // no upstream by that name or destination (transparent listener)
+	failProtocol  // the upstream's response was malformed (502)
 )
 
 // upstreamError is what the cluster transport returns when it has no
@@ -67,6 +69,8 @@ func (k failKind) String() string {
 		return "downstream canceled"
 	case failUnknown:
 		return "unknown upstream"
+	case failProtocol:
+		return "protocol error"
 	}
 	return "ok"
 }
@@ -81,6 +85,10 @@ func classify(err error, ctx context.Context) failKind {
 	}
 	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded {
 		return failTimeout
+	}
+	var pe *http1client.ProtocolError
+	if errors.As(err, &pe) {
+		return failProtocol
 	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
@@ -149,6 +157,8 @@ func localReply(err error) (int, string) {
 		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 	case failRefusedStream:
 		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+	case failProtocol:
+		return http.StatusBadGateway, "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 	}
 	return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -112,7 +111,7 @@ func restartOnly(c *Config) []struct {
 // service; it finishes what it has in the background.
 type retired struct {
 	ln  net.Listener
-	srv *http.Server
+	srv *h1Server
 	c   *Cluster // closed afterwards: the upstream was removed
 }
 
@@ -288,7 +287,7 @@ func failovers(c *Config) map[string]*upstream.Failover {
 }
 
 // serverOf is the HTTP server serving ln (nil for a TCP listener).
-func (s *Sidecar) serverOf(ln net.Listener) *http.Server {
+func (s *Sidecar) serverOf(ln net.Listener) *h1Server {
 	s.clMu.RLock()
 	defer s.clMu.RUnlock()
 	return s.lnServer[ln]
@@ -335,7 +334,7 @@ func (s *Sidecar) retire(gone []retired, timeout time.Duration) {
 	}()
 }
 
-func deleteServer(list []*http.Server, srv *http.Server) []*http.Server {
+func deleteServer(list []*h1Server, srv *h1Server) []*h1Server {
 	out := list[:0:0]
 	for _, x := range list {
 		if x != srv {

@@ -75,10 +75,10 @@ type Sidecar struct {
 	probe      *http.Server
 	probeLn    net.Listener
 	regAddr    string // the address registered in Consul
-	servers    []*http.Server
+	servers    []*h1Server
 	outbound   []namedListener
 	inboundLn  net.Listener
-	inboundSrv *http.Server
+	inboundSrv *h1Server
 	tcp        []*tcpProxy
 	bound      atomic.Bool
 	draining   atomic.Bool // Shutdown runs
@@ -89,7 +89,7 @@ type Sidecar struct {
 	stopping bool
 	cfgFile  string
 	reloads  *prometheus.CounterVec
-	lnServer map[net.Listener]*http.Server // guarded by clMu
+	lnServer map[net.Listener]*h1Server // guarded by clMu
 
 	alog        atomic.Pointer[accessLog] // nil: off
 	alogDropped prometheus.Counter
@@ -123,7 +123,7 @@ func New(cfg *Config, opts Options) (*Sidecar, error) {
 	s.act.draining = &s.draining
 	s.level = lv
 	s.cfgFile = opts.ConfigFile
-	s.lnServer = map[net.Listener]*http.Server{}
+	s.lnServer = map[net.Listener]*h1Server{}
 	s.reloads = newReloadsCounter()
 	s.alogDropped = newAccessLogDropped()
 	s.m.Registry.MustRegister(s.reloads, s.alogDropped)

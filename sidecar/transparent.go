@@ -35,7 +35,7 @@ type transparentListener struct {
 	log    *slog.Logger
 	ln     net.Listener
 	httpLn *connQueue
-	srv    *http.Server
+	srv    *h1Server
 	wg     sync.WaitGroup // the HTTP server
 	conns  connGroup      // one per accepted connection, until routed
 }
@@ -44,8 +44,8 @@ const sniffTimeout = time.Second
 
 func newTransparent(s *Sidecar, ln net.Listener) *transparentListener {
 	t := &transparentListener{s: s, log: s.log.With("component", "transparent"), ln: ln, httpLn: newConnQueue(ln.Addr())}
-	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP), t.log)
-	t.srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+	t.srv = newHTTPServer(http.HandlerFunc(t.serveHTTP), s.cfg.Limits, t.log)
+	t.srv.connFn = func(ctx context.Context, c net.Conn) context.Context {
 		if pc, ok := c.(*peekedConn); ok {
 			return context.WithValue(ctx, connKey{}, pc)
 		}

@@ -2,6 +2,7 @@ package http1client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sidemesh/sidemesh/sidecar/http1"
 )
 
 // Transport is a lean HTTP/1.1 upstream client: one pooled connection per
@@ -51,6 +54,8 @@ type pconn struct {
 	idleTimer *time.Timer // closes the connection once idle too long
 	readLimit int64       // bytes reads may still take (bounds the response head)
 	nwrite    int64       // bytes written to the connection
+	head      http1.Head  // the response head last checked
+	noReuse   bool        // a response was read through a copy: close after it
 }
 
 // Read bounds what a response head may take, as net/http's persistConn does.
@@ -311,7 +316,11 @@ func (t *Transport) exchange(ctx context.Context, pc *pconn, req *http.Request, 
 	trace := httptrace.ContextClientTrace(ctx)
 	var resp *http.Response
 	for {
-		r, err := http.ReadResponse(pc.br, req)
+		br, err := t.checkHead(pc)
+		if err != nil {
+			return fail(err)
+		}
+		r, err := http.ReadResponse(br, req)
 		if err != nil {
 			if errors.Is(err, errHeaderTooBig) {
 				err = fmt.Errorf("%w (limit %d bytes)", errHeaderTooBig, t.maxHeaderBytes)
@@ -339,7 +348,7 @@ func (t *Transport) exchange(ctx context.Context, pc *pconn, req *http.Request, 
 		resp.Body = &respBody{rc: resp.Body, pc: pc, t: t, stop: stop, noReuse: true}
 		return resp, nil
 	}
-	reuse := !resp.Close && !req.Close
+	reuse := !resp.Close && !req.Close && !pc.noReuse
 	if resp.Body == nil || resp.Body == http.NoBody || resp.ContentLength == 0 {
 		if resp.Body != nil {
 			resp.Body.Close()
@@ -354,6 +363,78 @@ func (t *Transport) exchange(ctx context.Context, pc *pconn, req *http.Request, 
 	}
 	resp.Body = &respBody{rc: resp.Body, pc: pc, t: t, stop: stop, noReuse: !reuse}
 	return resp, nil
+}
+
+// ProtocolError is a response the client refuses: a malformed head or
+// an ambiguous framing (package http1's rules). A proxy answers 502.
+type ProtocolError struct{ Err error }
+
+func (e *ProtocolError) Error() string { return "h1: bad response from upstream: " + e.Err.Error() }
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
+// maxResponseHead bounds a response head (Envoy's max_response_headers_kb
+// default, 60 KiB) and maxResponseFields its fields.
+const (
+	maxResponseHead   = 60 << 10
+	maxResponseFields = 100
+)
+
+// checkHead reads the next response head without consuming it and checks
+// it with package http1; it returns the reader to parse it from: pc.br,
+// or for a head larger than pc.br's buffer, a reader over a copy of it
+// followed by pc.br (the connection is then not reused).
+func (t *Transport) checkHead(pc *pconn) (*bufio.Reader, error) {
+	lim := http1.Limits{MaxHeaderBytes: maxResponseHead, MaxHeaders: maxResponseFields}
+	from := 0
+	for {
+		n := max(pc.br.Buffered(), 1)
+		b, err := pc.br.Peek(n)
+		if end := http1.HeadEnd(b, from); end > 0 {
+			if perr := http1.ParseResponse(b[:end], &pc.head, lim); perr != nil {
+				return nil, &ProtocolError{Err: perr}
+			}
+			return pc.br, nil
+		}
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return t.checkBigHead(pc, b, lim)
+			}
+			return nil, err
+		}
+		from = len(b)
+		if n == pc.br.Size() {
+			return t.checkBigHead(pc, b, lim)
+		}
+		if _, err := pc.br.Peek(n + 1); err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			if errors.Is(err, io.EOF) && n > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+func (t *Transport) checkBigHead(pc *pconn, first []byte, lim http1.Limits) (*bufio.Reader, error) {
+	big := append([]byte(nil), first...)
+	_, _ = pc.br.Discard(len(first))
+	for {
+		if len(big) > lim.MaxHeaderBytes {
+			return nil, &ProtocolError{Err: fmt.Errorf("response head larger than %d bytes", lim.MaxHeaderBytes)}
+		}
+		from := len(big)
+		line, err := pc.br.ReadSlice('\n')
+		big = append(big, line...)
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+		if end := http1.HeadEnd(big, from); end > 0 {
+			if perr := http1.ParseResponse(big[:end], &pc.head, lim); perr != nil {
+				return nil, &ProtocolError{Err: perr}
+			}
+			pc.noReuse = true
+			return bufio.NewReader(io.MultiReader(bytes.NewReader(big), pc.br)), nil
+		}
+	}
 }
 
 // isStale: the server closed the (reused) connection before answering.

@@ -1,0 +1,245 @@
+package sidecar
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rawExchange sends raw on a new connection to addr and returns the
+// response, and whether the sidecar then closed the connection (EOF, not a
+// reset and not still open after the response).
+func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hang fails the test, not the run
+	go func() { _, _ = io.WriteString(conn, raw) }()
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %.60q: %v", raw, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the body of the answer to %.60q: %v", raw, err)
+	}
+	_, err = br.ReadByte()
+	return resp, string(body), errors.Is(err, io.EOF)
+}
+
+// The hostile requests of the HTTP/1.1 engine's issue, on an upstream
+// listener: each is answered with the status that names the problem, the
+// connection closes after the answer (the client reads it, no reset), the
+// backend never sees the request, and the listener goes on serving.
+func TestHostileRequestsAnswered(t *testing.T) {
+	b := startBackend(t, "b1", nil)
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
+	addr := s.UpstreamAddr("api")
+	many := strings.Repeat("X-Many: 1\r\n", 200)
+	for _, tc := range []struct {
+		name, raw string
+		status    int
+		reason    string
+	}{
+		{"CL and TE", "POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "both Content-Length and Transfer-Encoding"},
+		{"differing CL", "POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, "differing Content-Length values 5 and 6"},
+		{"TE gzip", "POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip\r\n\r\n", 501, `transfer coding "gzip" not implemented`},
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: api\r\nX-A: 1\r\n 2\r\n\r\n", 400, `obs-fold (a line starting with whitespace) after header "X-A"`},
+		{"space before colon", "GET / HTTP/1.1\r\nHost: api\r\nX-A : 1\r\n\r\n", 400, `whitespace before the colon in header "X-A"`},
+		{"bad name", "GET / HTTP/1.1\r\nHost: api\r\nX\x01A: 1\r\n\r\n", 400, "invalid header name"},
+		{"bad value", "GET / HTTP/1.1\r\nHost: api\r\nX-A: 1\x7f\r\n\r\n", 400, `invalid byte 0x7f in the value of header "X-A"`},
+		{"100 KB header", "GET / HTTP/1.1\r\nHost: api\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n", 431, "request head larger than 61440 bytes"},
+		{"200 headers", "GET / HTTP/1.1\r\nHost: api\r\n" + many + "\r\n", 431, "more than 100 header fields"},
+		{"no Host", "GET / HTTP/1.1\r\n\r\n", 400, "missing Host"},
+		{"HTTP/2.0 request line", "GET / HTTP/2.0\r\nHost: api\r\n\r\n", 505, "unsupported HTTP version"},
+		{"bad target", "GET /%zz HTTP/1.1\r\nHost: api\r\n\r\n", 400, `invalid request target "/%zz"`},
+		{"unknown expectation", "POST / HTTP/1.1\r\nHost: api\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nx", 417, "unsupported expectation"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hits := b.hits.Load()
+			resp, body, closed := rawExchange(t, addr, tc.raw)
+			if resp.StatusCode != tc.status || !strings.Contains(body, tc.reason) {
+				t.Fatalf("got %d %q, want %d naming %q", resp.StatusCode, body, tc.status, tc.reason)
+			}
+			if resp.Header.Get("X-Sidemesh-Local-Reply") != "true" || !resp.Close {
+				t.Fatalf("answer headers %v: want a local reply with Connection: close", resp.Header)
+			}
+			if !closed {
+				t.Fatal("connection not closed after the answer")
+			}
+			if b.hits.Load() != hits {
+				t.Fatal("the backend saw a refused request")
+			}
+		})
+	}
+	// The same listener still serves a well-formed request.
+	resp, body := get(t, h1Client(), "http://"+addr+"/ok")
+	if resp.StatusCode != 200 || body != "hello from b1" {
+		t.Fatalf("after the hostile requests: %d %q", resp.StatusCode, body)
+	}
+}
+
+// An unfinished request head is cut off after request_headers_timeout
+// (slowloris); a finished one on the same listener is served.
+func TestRequestHeadersTimeout(t *testing.T) {
+	b := startBackend(t, "b1", nil)
+	s, _ := startSidecar(t, oneUpstream+"limits: {request_headers_timeout: 100ms}\n", endpointsYAML("api", b.addr, 1))
+	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: api\r\nX-Slow: "); err != nil {
+		t.Fatal(err)
+	}
+	// Only the headers timeout can close it: the idle timeout is an hour.
+	n, err := conn.Read(make([]byte, 1))
+	if n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("unfinished head: read %d, %v; want the connection closed", n, err)
+	}
+	if b.hits.Load() != 0 {
+		t.Fatal("the backend saw the unfinished request")
+	}
+	resp, _ := get(t, h1Client(), "http://"+s.UpstreamAddr("api")+"/")
+	if resp.StatusCode != 200 {
+		t.Fatalf("a whole request: %d", resp.StatusCode)
+	}
+}
+
+// The headers the sidecar sets reach the upstream even when the client
+// names them in Connection (which strips the client's own copies).
+func TestOwnHeadersSurviveConnection(t *testing.T) {
+	b := startBackend(t, "b1", nil)
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
+	resp, _ := get(t, h1Client(), "http://"+s.UpstreamAddr("api")+"/",
+		"Connection", "X-Forwarded-For, X-Request-Id, X-Sidemesh-Attempt-Count, X-Forwarded-Proto",
+		"X-Request-Id", "from-client", "X-Forwarded-For", "198.18.0.9")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	r := b.lastRequest()
+	if got := r.Header.Get("X-Forwarded-For"); got != "127.0.0.1" {
+		t.Errorf("X-Forwarded-For = %q, want ours (127.0.0.1)", got)
+	}
+	if id := r.Header.Get("X-Request-Id"); len(id) != 36 {
+		t.Errorf("X-Request-Id = %q, want one we made", id)
+	}
+	if r.Header.Get("X-Sidemesh-Attempt-Count") != "1" || r.Header.Get("X-Forwarded-Proto") != "http" {
+		t.Errorf("attempt count %q, proto %q", r.Header.Get("X-Sidemesh-Attempt-Count"), r.Header.Get("X-Forwarded-Proto"))
+	}
+}
+
+// max_requests_per_connection closes a connection after that many
+// requests, with Connection: close on the last answer.
+func TestMaxRequestsPerConnection(t *testing.T) {
+	b := startBackend(t, "b1", nil)
+	s, _ := startSidecar(t, oneUpstream+"limits: {max_requests_per_connection: 2}\n", endpointsYAML("api", b.addr, 1))
+	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	for i := 1; i <= 2; i++ {
+		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if resp.Close != (i == 2) {
+			t.Fatalf("answer %d: Connection: close = %v", i, resp.Close)
+		}
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last request: %v, want EOF", err)
+	}
+}
+
+// A malformed response from the upstream is a 502 (protocol error); the
+// connection it came on is discarded, and the next request works.
+func TestMalformedResponseIs502(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func(n int) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if req.URL.Path == "/smuggle" {
+						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+						continue
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}(n)
+		}
+	}()
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", ln.Addr().String(), 1))
+	resp, body := get(t, h1Client(), "http://"+s.UpstreamAddr("api")+"/smuggle")
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "protocol error") {
+		t.Fatalf("smuggling-shaped response: %d %q, want 502 protocol error", resp.StatusCode, body)
+	}
+	resp, body = get(t, h1Client(), "http://"+s.UpstreamAddr("api")+"/fine")
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("next request: %d %q", resp.StatusCode, body)
+	}
+}
+
+// A chunked request body is checked and relayed (its trailers are read
+// and checked; ReverseProxy does not forward request trailers, as before).
+func TestChunkedRequestRelayed(t *testing.T) {
+	got := make(chan string, 1)
+	b := startBackend(t, "b1", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got <- string(body)
+	})
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
+	resp, _, _ := rawExchange(t, s.UpstreamAddr("api"),
+		"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if g := <-got; g != "hello world" {
+		t.Fatalf("backend got %q", g)
+	}
+}
