@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -325,10 +326,10 @@ func (c *h1conn) serveOne() bool {
 	ctx, cancel := context.WithCancel(c.ctx)
 	r := req.WithContext(ctx)
 	c.startWatch(cancel)
-	s.h.ServeHTTP(w, r)
+	ok := c.serveHandler(w, r)
 	c.stopWatch()
 	cancel()
-	if w.hijacked {
+	if w.hijacked || !ok {
 		return false
 	}
 	w.finish()
@@ -339,6 +340,24 @@ func (c *h1conn) serveOne() bool {
 		return false
 	}
 	return c.state.CompareAndSwap(connActive, connIdle) && !s.closing.Load()
+}
+
+// serveHandler runs the handler; a panic ends the connection without
+// finishing the response (http.ErrAbortHandler: an upstream that broke
+// mid-body; anything else is logged with its stack, as net/http does).
+func (c *h1conn) serveHandler(w *h1response, r *http.Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			ok = false
+			if p != http.ErrAbortHandler {
+				buf := make([]byte, 16<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.srv.log.Error("panic serving a request", "remote", c.addr, "panic", p, "stack", string(buf))
+			}
+		}
+	}()
+	c.srv.h.ServeHTTP(w, r)
+	return true
 }
 
 // readHead reads the next request head, waiting idleTimeout for its first

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -22,7 +21,7 @@ import (
 	"github.com/sidemesh/sidemesh/upstream"
 )
 
-// bufPool is the ReverseProxy buffer pool: 32 KiB buffers in a bounded
+// bufPool is the body-copy buffer pool: 32 KiB buffers in a bounded
 // free list (a channel, so Put does not allocate as sync.Pool would for a
 // slice header).
 type bufPool struct{ free chan []byte }
@@ -193,45 +192,18 @@ func upgradeType(h http.Header) string {
 // upstreamHandler is the HTTP proxy of one cluster: the handler behind
 // its listener (and the transparent listener's requests for it). It sets
 // the route timeout, extracts the trace context and the hash key, and
-// hands the request to httputil.ReverseProxy over the cluster transport.
+// forwards the request over the cluster transport (forward.go).
 type upstreamHandler struct {
 	c       *Cluster
-	rp      *httputil.ReverseProxy
+	t       *clusterTransport
 	timeout time.Duration
 	hashes  []upstream.HashPolicy
+	log     *slog.Logger
 }
 
 func newUpstreamHandler(c *Cluster) *upstreamHandler {
-	t := newClusterTransport(c)
 	u := c.upstream()
-	h := &upstreamHandler{c: c, timeout: *u.Timeout, hashes: u.HashPolicy}
-	log := c.log
-	h.rp = &httputil.ReverseProxy{
-		Rewrite:    rewrite,
-		Transport:  t,
-		BufferPool: proxyBuffers,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if log.Enabled(r.Context(), slog.LevelDebug) {
-				log.Debug("local reply", "err", err, "path", r.URL.Path)
-			}
-			writeLocalReply(w, r, err)
-		},
-		// Body copy errors and the like: mostly a client that went away.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	return h
-}
-
-// rewrite prepares the outbound request (hop-by-hop headers are already
-// removed by ReverseProxy per RFC 9110 §7.6.1).
-func rewrite(pr *httputil.ProxyRequest) {
-	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = pr.In.Host
-	pr.Out.Host = pr.In.Host
-	pr.SetXForwarded()
-	if pr.Out.Header.Get("X-Request-Id") == "" { // Out: the client may have named it in Connection
-		pr.Out.Header["X-Request-Id"] = []string{newRequestID()}
-	}
+	return &upstreamHandler{c: c, t: newClusterTransport(c), timeout: *u.Timeout, hashes: u.HashPolicy, log: c.log}
 }
 
 // newRequestID returns a random UUIDv4 string.
@@ -272,10 +244,7 @@ func (h *upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ctx = context.WithValue(ctx, hashKey{}, info)
 		}
 	}
-	if ctx != r.Context() {
-		r = r.WithContext(ctx)
-	}
-	h.rp.ServeHTTP(w, r)
+	h.forward(w, r, ctx)
 }
 
 // hash computes the request hash from the first hash policy that applies.

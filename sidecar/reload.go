@@ -359,10 +359,8 @@ func (s *Sidecar) swapHandlers(c *Cluster, u *Upstream) {
 		return
 	}
 	old := slot.h.Swap(s.newClusterHandler(c))
-	if t, ok := old.up.rp.Transport.(*clusterTransport); ok {
-		t.h1.CloseIdleConnections() // busy connections close when their request ends
-		t.h2.CloseIdleConnections()
-	}
+	old.up.t.h1.CloseIdleConnections() // busy connections close when their request ends
+	old.up.t.h2.CloseIdleConnections()
 }
 
 // reconfigure puts a reloaded upstream config in force, applying its

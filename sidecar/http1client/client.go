@@ -98,7 +98,12 @@ func New(dial DialFunc, maxIdle int, idleTimeout time.Duration, fallback http.Ro
 
 // get returns a pooled connection (reused) or, failing that or when fresh is
 // set, a new one.
-func (t *Transport) get(ctx context.Context, addr string, fresh bool) (*pconn, bool, error) {
+// get takes a pooled connection to addr (unless fresh) or dials one.
+// check: look at a pooled connection's socket before using it (one
+// syscall), for a request that could not be sent again if the server
+// had closed it while idle; an idempotent request that meets such a
+// connection is retried on a fresh one instead.
+func (t *Transport) get(ctx context.Context, addr string, fresh, check bool) (*pconn, bool, error) {
 	now := time.Now()
 	t.mu.Lock()
 	for !fresh {
@@ -117,7 +122,7 @@ func (t *Transport) get(ctx context.Context, addr string, fresh bool) (*pconn, b
 		}
 		expired := t.idleTimeout > 0 && now.Sub(pc.idleAt) > t.idleTimeout
 		t.mu.Unlock()
-		if expired || !pc.usable() {
+		if expired || !pc.usable(check) {
 			pc.conn.Close()
 			t.mu.Lock()
 			continue
@@ -146,11 +151,11 @@ func (t *Transport) get(ctx context.Context, addr string, fresh bool) (*pconn, b
 // neither closed it nor sent anything since the last response. Bytes that
 // arrived unasked would be read as the next request's response (a HEAD or
 // 204 answered with a body, a Content-Length shorter than the body).
-func (pc *pconn) usable() bool {
+func (pc *pconn) usable(check bool) bool {
 	if pc.br.Buffered() > 0 {
 		return false
 	}
-	if pc.raw == nil {
+	if pc.raw == nil || !check {
 		return true
 	}
 	return connIdleOK(pc.raw)
@@ -231,7 +236,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for try := 0; ; try++ {
 		// The retry takes a fresh connection: the pool may hold more
 		// connections the server is closing.
-		pc, reused, err := t.get(ctx, req.URL.Host, try > 0)
+		pc, reused, err := t.get(ctx, req.URL.Host, try > 0, !idempotent(req))
 		if err != nil {
 			return nil, err
 		}

@@ -322,3 +322,27 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
 	}
 }
+
+// A GET skips the idle check (a syscall per request): if its pooled
+// connection was closed by the server while idle, the request is sent
+// again on a fresh one, and the client never sees it.
+func TestIdleClosedConnGETRetried(t *testing.T) {
+	var closed atomic.Int64
+	addr := rawH1Server(t, func(i int, c net.Conn, br *bufio.Reader) {
+		if _, ok := readRawRequest(br); !ok {
+			return
+		}
+		_, _ = io.WriteString(c, rawOK)
+		c.Close() // keep-alive answered, then closed while idle
+		closed.Add(1)
+	})
+	tr := newTestTransport(t)
+	for i := 0; i < 20; i++ {
+		_, body, err := do(tr, context.Background(), "GET", "http://"+addr+"/", "")
+		if err != nil || body != "ok" {
+			t.Fatalf("GET %d: %q %v", i, body, err)
+		}
+		want := int64(i + 1)
+		eventually(t, 5*time.Second, "server closed", func() bool { return closed.Load() == want })
+	}
+}
