@@ -51,6 +51,9 @@ func (h *upstreamHandler) forward(w http.ResponseWriter, in *http.Request, ctx c
 		r.Header["Te"] = []string{"trailers"} // gRPC needs it end to end
 	}
 	setForwarded(r)
+	if _, ok := r.Header["User-Agent"]; !ok {
+		r.Header["User-Agent"] = emptyValue // net/http's Transport would add its own
+	}
 	if _, ok := r.Header["X-Request-Id"]; !ok {
 		r.Header["X-Request-Id"] = []string{newRequestID()}
 	}
@@ -106,6 +109,8 @@ func (h *upstreamHandler) forward(w http.ResponseWriter, in *http.Request, ctx c
 		}
 	}
 }
+
+var emptyValue = []string{""}
 
 // errUpstreamBody: reading the upstream's body failed.
 var errUpstreamBody = errors.New("upstream body")

@@ -243,3 +243,71 @@ func TestChunkedRequestRelayed(t *testing.T) {
 		t.Fatalf("backend got %q", g)
 	}
 }
+
+// A response of unknown length is relayed as it comes: the client reads
+// the first piece before the backend writes the second (a proxy that
+// buffered it would hang here until the test's deadline).
+func TestStreamedResponseFlushed(t *testing.T) {
+	next := make(chan struct{})
+	b := startBackend(t, "b1", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-next:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = io.WriteString(w, "data: second\n\n")
+	})
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
+	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.WriteString(conn, "GET /events HTTP/1.1\r\nHost: api\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "data: first\n" {
+		t.Fatalf("first event: %q %v", line, err)
+	}
+	close(next)
+}
+
+// HEAD: the answer keeps the upstream's Content-Length and has no body,
+// so the next request on the connection reads its own answer.
+func TestHeadThenGetOnOneConnection(t *testing.T) {
+	b := startBackend(t, "b1", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		if r.Method != http.MethodHead {
+			_, _ = io.WriteString(w, "hello")
+		}
+	})
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
+	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	_, _ = io.WriteString(conn, "HEAD / HTTP/1.1\r\nHost: api\r\n\r\nGET / HTTP/1.1\r\nHost: api\r\n\r\n")
+	br := bufio.NewReader(conn)
+	head, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
+	if err != nil || head.ContentLength != 5 {
+		t.Fatalf("HEAD: %v, Content-Length %d", err, head.ContentLength)
+	}
+	get, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("GET after HEAD: %v", err)
+	}
+	body, _ := io.ReadAll(get.Body)
+	if string(body) != "hello" {
+		t.Fatalf("GET body %q", body)
+	}
+}

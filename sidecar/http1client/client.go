@@ -299,7 +299,7 @@ func (t *Transport) exchange(ctx context.Context, pc *pconn, req *http.Request, 
 	stale := func(err error) bool {
 		return reused && isStale(err) && (pc.nwrite == nwrite || idempotent(req))
 	}
-	if err := req.Write(pc.bw); err != nil {
+	if err := writeRequest(pc.bw, req); err != nil {
 		if stale(err) {
 			return fail(errStale)
 		}
@@ -321,17 +321,12 @@ func (t *Transport) exchange(ctx context.Context, pc *pconn, req *http.Request, 
 	trace := httptrace.ContextClientTrace(ctx)
 	var resp *http.Response
 	for {
-		br, err := t.checkHead(pc)
+		br, raw, err := t.checkHead(pc)
 		if err != nil {
 			return fail(err)
 		}
-		r, err := http.ReadResponse(br, req)
-		if err != nil {
-			if errors.Is(err, errHeaderTooBig) {
-				err = fmt.Errorf("%w (limit %d bytes)", errHeaderTooBig, t.maxHeaderBytes)
-			}
-			return fail(err)
-		}
+		r := response(pc, br, raw, req)
+		_, _ = br.Discard(len(raw))
 		if r.StatusCode >= 100 && r.StatusCode < 200 && r.StatusCode != http.StatusSwitchingProtocols {
 			// Interim response: pass it on (ReverseProxy relays 103s) and
 			// wait for the final one.
@@ -385,10 +380,11 @@ const (
 )
 
 // checkHead reads the next response head without consuming it and checks
-// it with package http1; it returns the reader to parse it from: pc.br,
-// or for a head larger than pc.br's buffer, a reader over a copy of it
-// followed by pc.br (the connection is then not reused).
-func (t *Transport) checkHead(pc *pconn) (*bufio.Reader, error) {
+// it with package http1 (into pc.head); it returns the head's bytes and
+// the reader that holds them first: pc.br, or for a head larger than
+// pc.br's buffer, a reader over a copy of it followed by pc.br (the
+// connection is then not reused). The caller discards the head from it.
+func (t *Transport) checkHead(pc *pconn) (*bufio.Reader, []byte, error) {
 	lim := http1.Limits{MaxHeaderBytes: maxResponseHead, MaxHeaders: maxResponseFields}
 	from := 0
 	for {
@@ -396,15 +392,15 @@ func (t *Transport) checkHead(pc *pconn) (*bufio.Reader, error) {
 		b, err := pc.br.Peek(n)
 		if end := http1.HeadEnd(b, from); end > 0 {
 			if perr := http1.ParseResponse(b[:end], &pc.head, lim); perr != nil {
-				return nil, &ProtocolError{Err: perr}
+				return nil, nil, &ProtocolError{Err: perr}
 			}
-			return pc.br, nil
+			return pc.br, b[:end], nil
 		}
 		if err != nil {
 			if errors.Is(err, bufio.ErrBufferFull) {
 				return t.checkBigHead(pc, b, lim)
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		from = len(b)
 		if n == pc.br.Size() {
@@ -414,30 +410,30 @@ func (t *Transport) checkHead(pc *pconn) (*bufio.Reader, error) {
 			if errors.Is(err, io.EOF) && n > 0 {
 				err = io.ErrUnexpectedEOF
 			}
-			return nil, err
+			return nil, nil, err
 		}
 	}
 }
 
-func (t *Transport) checkBigHead(pc *pconn, first []byte, lim http1.Limits) (*bufio.Reader, error) {
+func (t *Transport) checkBigHead(pc *pconn, first []byte, lim http1.Limits) (*bufio.Reader, []byte, error) {
 	big := append([]byte(nil), first...)
 	_, _ = pc.br.Discard(len(first))
 	for {
 		if len(big) > lim.MaxHeaderBytes {
-			return nil, &ProtocolError{Err: fmt.Errorf("response head larger than %d bytes", lim.MaxHeaderBytes)}
+			return nil, nil, &ProtocolError{Err: fmt.Errorf("response head larger than %d bytes", lim.MaxHeaderBytes)}
 		}
 		from := len(big)
 		line, err := pc.br.ReadSlice('\n')
 		big = append(big, line...)
 		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return nil, err
+			return nil, nil, err
 		}
 		if end := http1.HeadEnd(big, from); end > 0 {
 			if perr := http1.ParseResponse(big[:end], &pc.head, lim); perr != nil {
-				return nil, &ProtocolError{Err: perr}
+				return nil, nil, &ProtocolError{Err: perr}
 			}
 			pc.noReuse = true
-			return bufio.NewReader(io.MultiReader(bytes.NewReader(big), pc.br)), nil
+			return bufio.NewReader(io.MultiReader(bytes.NewReader(big), pc.br)), big[:end], nil
 		}
 	}
 }
