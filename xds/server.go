@@ -401,13 +401,45 @@ func (s *Server) rebuildLocked() {
 		}
 	}
 	s.cb.pushed(moved, time.Now())
-	if err := s.cache.SetSnapshot(s.ctx, snapshotKey, snap); err != nil {
+	if err := s.cache.SetSnapshot(s.ctx, snapshotKey, newServedSnapshot(snap)); err != nil {
 		s.log.Error("snapshot not set", "version", version, "err", err)
 		return
 	}
 	s.version, s.versions = version, versions
 	s.pushes++
 	s.log.Debug("snapshot set", "version", version, "services", len(list))
+}
+
+// servedSnapshot is the snapshot set in the cache: a go-control-plane
+// Snapshot whose GetResources returns one map per type, built once and
+// shared (read-only), where Snapshot.GetResources copies the type's map
+// on every call. The delta cache calls it per stream on every push and
+// every ACK: with 1,000 streams and 51 services that was 2,000 maps of 51
+// entries allocated per change.
+type servedSnapshot struct {
+	*cache.Snapshot
+	byType map[string]map[string]types.Resource
+}
+
+var _ cache.ResourceSnapshot = (*servedSnapshot)(nil)
+
+func newServedSnapshot(snap *cache.Snapshot) *servedSnapshot {
+	s := &servedSnapshot{Snapshot: snap, byType: map[string]map[string]types.Resource{}}
+	for t := range types.UnknownType {
+		typ, err := cache.GetResponseTypeURL(t)
+		if err != nil {
+			continue
+		}
+		if res := snap.GetResources(typ); res != nil {
+			s.byType[typ] = res
+		}
+	}
+	return s
+}
+
+// GetResources returns the type's resources; callers must not modify the map.
+func (s *servedSnapshot) GetResources(typeURL string) map[string]types.Resource {
+	return s.byType[typeURL]
 }
 
 // consistent checks that every name a resource refers to is in the

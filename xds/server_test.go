@@ -47,7 +47,8 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
-		snap := rs.(*cache.Snapshot)
+		served := rs.(*servedSnapshot)
+		var snap *cache.Snapshot = served.Snapshot
 		if err := consistent(snap); err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
@@ -55,6 +56,9 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 		for _, typ := range all {
 			if now[typ] == "" || snap.GetVersion(typ) != now[typ] {
 				t.Fatalf("%s: %s version %q, cache has %q", step, typ, now[typ], snap.GetVersion(typ))
+			}
+			if got, want := served.GetResources(typ), snap.GetResources(typ); !maps.Equal(got, want) {
+				t.Fatalf("%s: %s served resources %v, snapshot has %v", step, typ, got, want)
 			}
 			want := slices.Contains(moved, typ)
 			if got := now[typ] != prev[typ]; got != want {
