@@ -97,6 +97,7 @@ bench-xds: build
 	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -clients 1000 -services 51
 	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -clients 1000 -services 51 -delta=false
 	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -clients 5000 -services 51 -changes 2
+	$(GO) run ./bench/xdsfleet -bin bin/sidemesh -sidecar
 
 image:
 	docker build -t sidemesh:$(VERSION) .

@@ -38,28 +38,40 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 
 	all := []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
 	prev := map[string]string{}
+	prevServed := map[string]*servedSnapshot{}
 	var pushes uint64
 	// check asserts that exactly the types in moved changed version
-	// since the last check, and that the cache serves those versions.
+	// since the last check, that each type's cache serves its version,
+	// and that the caches of the other types were not set again (their
+	// watches are not woken).
 	check := func(step string, moved ...string) {
 		t.Helper()
-		rs, err := srv.Cache().GetSnapshot(snapshotKey)
-		if err != nil {
-			t.Fatalf("%s: %v", step, err)
-		}
-		snap := rs.(*cache.Snapshot)
-		if err := consistent(snap); err != nil {
-			t.Fatalf("%s: %v", step, err)
-		}
+		combined := &cache.Snapshot{}
 		now := srv.Versions()
 		for _, typ := range all {
-			if now[typ] == "" || snap.GetVersion(typ) != now[typ] {
-				t.Fatalf("%s: %s version %q, cache has %q", step, typ, now[typ], snap.GetVersion(typ))
+			served := srv.served(typ)
+			if served == nil {
+				t.Fatalf("%s: no %s snapshot", step, typ)
 			}
+			if now[typ] == "" || served.GetVersion(typ) != now[typ] {
+				t.Fatalf("%s: %s version %q, cache has %q", step, typ, now[typ], served.GetVersion(typ))
+			}
+			if got, want := served.GetResources(typ), served.Snapshot.GetResources(typ); !maps.Equal(got, want) {
+				t.Fatalf("%s: %s served resources %v, snapshot has %v", step, typ, got, want)
+			}
+			rt := cache.GetResponseType(typ)
+			combined.Resources[rt] = served.Snapshot.Resources[rt]
 			want := slices.Contains(moved, typ)
 			if got := now[typ] != prev[typ]; got != want {
 				t.Errorf("%s: %s version changed = %v, want %v (%q -> %q)", step, typ, got, want, prev[typ], now[typ])
 			}
+			if set := served != prevServed[typ]; set != want {
+				t.Errorf("%s: %s snapshot set again = %v, want %v", step, typ, set, want)
+			}
+			prevServed[typ] = served
+		}
+		if err := consistent(combined); err != nil {
+			t.Fatalf("%s: %v", step, err)
 		}
 		wantPushes := pushes
 		if len(moved) > 0 {
@@ -80,8 +92,7 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 
 	src.ResourceError("web", discovery.ErrNotFound)
 	check("web gone", resource.EndpointType)
-	rs, _ := srv.Cache().GetSnapshot(snapshotKey)
-	if cla := rs.GetResources(resource.EndpointType)["web"].(*endpointv3.ClusterLoadAssignment); len(cla.Endpoints) != 0 {
+	if cla := srv.served(resource.EndpointType).GetResources(resource.EndpointType)["web"].(*endpointv3.ClusterLoadAssignment); len(cla.Endpoints) != 0 {
 		t.Fatalf("web after a resource error: %v, want no endpoints", cla)
 	}
 
@@ -153,8 +164,7 @@ func TestServerDebounce(t *testing.T) {
 		if p := srv.Stats().Pushes; p != 2 {
 			t.Fatalf("after the debounce interval: %d pushes, want 2", p)
 		}
-		rs, _ := srv.Cache().GetSnapshot(snapshotKey)
-		cla := rs.GetResources(resource.EndpointType)["api"].(*endpointv3.ClusterLoadAssignment)
+		cla := srv.served(resource.EndpointType).GetResources(resource.EndpointType)["api"].(*endpointv3.ClusterLoadAssignment)
 		if w := cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight.GetValue(); w != 6 {
 			t.Fatalf("weight %d after the burst, want the last (6)", w)
 		}

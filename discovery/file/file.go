@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -46,6 +47,18 @@ type fileDoc struct {
 // (within confyaml's expansion bound); ${VAR} is not expanded here. Errors
 // name the file position and the endpoint (service and index) at fault.
 func Parse(name string, data []byte) (map[string][]discovery.Endpoint, error) {
+	services, ok := scan(data)
+	if !ok {
+		var err error
+		if services, err = decode(name, data); err != nil {
+			return nil, err
+		}
+	}
+	return validate(name, services)
+}
+
+// decode reads an endpoints file with the general YAML decoder.
+func decode(name string, data []byte) (map[string][]fileEndpoint, error) {
 	var doc fileDoc
 	res, err := confyaml.Decode(data, &doc, confyaml.Options{})
 	if errors.Is(err, confyaml.ErrEmpty) {
@@ -72,14 +85,19 @@ func Parse(name string, data []byte) (map[string][]discovery.Endpoint, error) {
 	if !slices.Contains(res.Keys(""), "services") {
 		return nil, fmt.Errorf("%w: %s: missing key `services`", ErrParse, name)
 	}
-	svcs := make([]string, 0, len(doc.Services))
-	for svc := range doc.Services {
+	return doc.Services, nil
+}
+
+// validate checks the endpoints and makes them discovery's.
+func validate(name string, services map[string][]fileEndpoint) (map[string][]discovery.Endpoint, error) {
+	svcs := make([]string, 0, len(services))
+	for svc := range services {
 		svcs = append(svcs, svc)
 	}
 	sort.Strings(svcs) // the first error is the same on every run
 	out := make(map[string][]discovery.Endpoint, len(svcs))
 	for _, svc := range svcs {
-		list := doc.Services[svc]
+		list := services[svc]
 		eps := make([]discovery.Endpoint, 0, len(list))
 		seen := make(map[string]int)
 		for n, fe := range list {
@@ -201,6 +219,7 @@ func (s *Source) poll(ctx context.Context) {
 	defer close(s.done)
 	t := time.NewTicker(s.every)
 	defer t.Stop()
+	var buf []byte // the file as last read; load copies what it keeps
 	for {
 		select {
 		case <-ctx.Done():
@@ -210,19 +229,46 @@ func (s *Source) poll(ctx context.Context) {
 		s.mu.Lock()
 		s.parsed = nil
 		s.mu.Unlock()
-		data, err := os.ReadFile(s.path)
-		if err != nil {
+		var err error
+		if buf, err = readInto(s.path, buf); err != nil {
 			s.ambient(fmt.Errorf("%w: %w", discovery.ErrUnavailable, err))
 			continue
 		}
 		s.mu.Lock()
-		same := bytes.Equal(data, s.last)
+		same := bytes.Equal(buf, s.last)
 		s.mu.Unlock()
 		if same {
 			continue
 		}
-		if err := s.load(data); err != nil {
+		if err := s.load(buf); err != nil {
 			s.ambient(err)
+		}
+	}
+}
+
+// readInto reads the file at path into buf's storage (grown when short),
+// so that polling an unchanged file allocates nothing.
+func readInto(path string, buf []byte) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return buf[:0], err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() < 1<<30 && int(fi.Size())+512 > cap(buf) {
+		buf = make([]byte, 0, int(fi.Size())+512)
+	}
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
 		}
 	}
 }

@@ -2,6 +2,7 @@ package file
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -15,7 +16,20 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("services: &s {a: [*s]}\n"))
 	f.Add([]byte(aliasBomb()))
 	f.Add([]byte("services:\n  api: [\n"))
+	for _, doc := range scanDocs {
+		f.Add([]byte(doc))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// What scan accepts, the general decoder reads the same way.
+		if scanned, ok := scan(data); ok {
+			decoded, err := decode("f.yaml", data)
+			if err != nil {
+				t.Fatalf("scan accepted a document the decoder rejects (%v):\n%s", err, data)
+			}
+			if !reflect.DeepEqual(scanned, decoded) {
+				t.Fatalf("scan read\n%s\n%+v\nthe decoder\n%+v", data, scanned, decoded)
+			}
+		}
 		got, err := Parse("f.yaml", data)
 		if err != nil {
 			if !errors.Is(err, ErrParse) || !strings.Contains(err.Error(), "f.yaml") {

@@ -478,12 +478,36 @@ type Stats struct {
 	LocalOriginSuccessRateEjectionThreshold float64 `json:"local_origin_success_rate_ejection_threshold"`
 }
 
-// Stats returns a snapshot; hosts are in SetHosts order.
-func (d *Detector) Stats() Stats {
+// CanEnforce reports whether ejections of type t can be enforced under
+// the detector's config: its enforcing_* percentage is above 0, a
+// consecutive_* type has a threshold, and the local-origin types need
+// split_external_local_origin_errors. The counters of other types stay 0.
+func (d *Detector) CanEnforce(t EjectionType) bool {
+	if t >= NumEjectionTypes || d.p.enforcing[t] == 0 {
+		return false
+	}
+	switch t {
+	case ConsecutiveLocalOriginFailure, SuccessRateLocalOrigin, FailurePercentageLocalOrigin:
+		if !d.p.split {
+			return false
+		}
+	}
+	if int(t) < len(d.p.consecutive) { // the consecutive_* types
+		return d.p.consecutive[t] != 0
+	}
+	return true
+}
+
+// Counters is Stats without the per-host part (for /metrics: it allocates
+// nothing per host).
+func (d *Detector) Counters() Stats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s := Stats{
-		Hosts:                                   make([]HostStats, len(d.hosts)),
+	return d.countersLocked()
+}
+
+func (d *Detector) countersLocked() Stats {
+	return Stats{
 		EjectionsActive:                         d.ejected,
 		EjectionsOverflow:                       d.overflow,
 		EjectionsDetected:                       d.detected,
@@ -493,6 +517,14 @@ func (d *Detector) Stats() Stats {
 		LocalOriginSuccessRateAverage:           d.srAvg[local],
 		LocalOriginSuccessRateEjectionThreshold: d.srCut[local],
 	}
+}
+
+// Stats returns a snapshot; hosts are in SetHosts order.
+func (d *Detector) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.countersLocked()
+	s.Hosts = make([]HostStats, len(d.hosts))
 	for i, h := range d.hosts {
 		s.Hosts[i] = HostStats{
 			Address:                h.addr,

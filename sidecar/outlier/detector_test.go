@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -801,4 +803,48 @@ func BenchmarkEjected(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestCanEnforce(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want []EjectionType
+	}{
+		{"Envoy's defaults", Config{}, []EjectionType{Consecutive5xx, SuccessRate}},
+		{"enforcing 0 and threshold 0 turn types off", Config{EnforcingSuccessRate: new(uint32(0)), Consecutive5xx: new(uint32(0)),
+			EnforcingFailurePercentage: new(uint32(1))}, []EjectionType{FailurePercentage}},
+		{"split adds the local-origin types", Config{SplitExternalLocalOriginErrors: true, EnforcingFailurePercentageLocalOrigin: new(uint32(100))},
+			[]EjectionType{Consecutive5xx, ConsecutiveLocalOriginFailure, SuccessRate, SuccessRateLocalOrigin, FailurePercentageLocalOrigin}},
+		{"a local-origin threshold of 0", Config{SplitExternalLocalOriginErrors: true, ConsecutiveLocalOriginFailure: new(uint32(0))},
+			[]EjectionType{Consecutive5xx, SuccessRate, SuccessRateLocalOrigin}},
+	} {
+		d := New(tc.cfg, Options{})
+		var got []EjectionType
+		for typ := range EjectionType(NumEjectionTypes) {
+			if d.CanEnforce(typ) {
+				got = append(got, typ)
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Counters is Stats without hosts.
+func TestCountersMatchStats(t *testing.T) {
+	d := New(Config{Consecutive5xx: new(uint32(2))}, Options{Rand: rand.New(rand.NewPCG(1, 2))})
+	d.SetHosts([]string{"a", "b"})
+	h := d.Host("a")
+	h.Record(500)
+	h.Record(500)
+	st, c := d.Stats(), d.Counters()
+	if c.Hosts != nil || c.EjectionsActive != 1 || c.EjectionsEnforced[Consecutive5xx] != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+	st.Hosts = nil
+	if !reflect.DeepEqual(st, c) {
+		t.Fatalf("Counters %+v != Stats %+v", c, st)
+	}
 }
