@@ -157,24 +157,26 @@ type h1conn struct {
 	served   int
 
 	// per request, reused
-	head  http1.Head
-	big   []byte // a head larger than br's buffer
-	req   http.Request
-	url   url.URL
-	hdr   http.Header
-	vals  []string
-	body  h1body
-	chunk *http1.ChunkedReader
-	w     h1response
-	cr    connReader
+	head   http1.Head
+	big    []byte        // a head larger than br's buffer
+	req    *http.Request // the handler's, reused
+	reqCtx *http.Request // its template: only the context is set
+	url    url.URL
+	hdr    http.Header
+	vals   []string
+	body   h1body
+	chunk  *http1.ChunkedReader
+	w      h1response
+	cr     connReader
 
 	// the client watch (onWatch)
-	watch    *time.Timer
-	wmu      sync.Mutex
-	watchOff bool
-	cancel   context.CancelFunc
-	bgDone   chan struct{} // the background read's end (nil: none)
-	bgGone   atomic.Bool   // the background read saw the client go
+	watch     *time.Timer
+	wmu       sync.Mutex
+	watchOff  bool
+	cancel    context.CancelFunc
+	cancelReq context.CancelFunc // the requests' context (see request)
+	bgDone    chan struct{}      // the background read's end (nil: none)
+	bgGone    atomic.Bool        // the background read saw the client go
 }
 
 const (
@@ -238,6 +240,9 @@ func (s *h1Server) serveConn(rwc net.Conn) {
 		return
 	}
 	for c.serveOne() {
+	}
+	if c.cancelReq != nil {
+		c.cancelReq()
 	}
 	if c.state.Swap(connClosed) != connClosed {
 		_ = rwc.Close()
@@ -323,12 +328,9 @@ func (c *h1conn) serveOne() bool {
 	if c.head.Close || s.closing.Load() {
 		w.closeAfter = true
 	}
-	ctx, cancel := context.WithCancel(c.ctx)
-	r := req.WithContext(ctx)
-	c.startWatch(cancel)
-	ok := c.serveHandler(w, r)
+	c.startWatch(c.cancelReq)
+	ok := c.serveHandler(w, req)
 	c.stopWatch()
-	cancel()
 	if w.hijacked || !ok {
 		return false
 	}
@@ -521,22 +523,28 @@ func (c *h1conn) request(raw []byte) (*http.Request, error) {
 		n := len(c.vals)
 		c.hdr[k] = c.vals[n-1 : n : n]
 	}
-	r := &c.req
-	*r = http.Request{
-		Method:     method(h.Method, sub),
-		URL:        &c.url,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: h.Minor,
-		Header:     c.hdr,
-		Host:       host,
-		RemoteAddr: c.addr,
-		RequestURI: target,
-		TLS:        c.tls,
-		Close:      h.Close,
-		Trailer:    trailer,
-		Body:       http.NoBody,
+	if c.req == nil {
+		// One request per connection, its context made once: cancelled
+		// when the client is seen gone (which ends the connection too)
+		// and when the connection ends.
+		var ctx context.Context
+		ctx, c.cancelReq = context.WithCancel(c.ctx)
+		c.reqCtx = (&http.Request{}).WithContext(ctx)
+		c.req = new(http.Request)
 	}
+	r := c.req
+	*r = *c.reqCtx
+	r.Method = method(h.Method, sub)
+	r.URL = &c.url
+	r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.1", 1, h.Minor
+	r.Header = c.hdr
+	r.Host = host
+	r.RemoteAddr = c.addr
+	r.RequestURI = target
+	r.TLS = c.tls
+	r.Close = h.Close
+	r.Trailer = trailer
+	r.Body = http.NoBody
 	if h.Minor == 0 {
 		r.Proto = "HTTP/1.0"
 	}
