@@ -214,22 +214,27 @@ var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-A
 // (a client cannot strip ours by naming them in Connection).
 func setForwarded(r *http.Request) {
 	h := r.Header
+	v := make([]string, 2) // one allocation for both values
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		if prior := h["X-Forwarded-For"]; len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
-		h["X-Forwarded-For"] = []string{ip}
+		v[0] = ip
+		h["X-Forwarded-For"] = v[0:1:1]
 	} else {
 		delete(h, "X-Forwarded-For")
 	}
 	if r.Host != "" {
-		h["X-Forwarded-Host"] = []string{r.Host}
+		v[1] = r.Host
+		h["X-Forwarded-Host"] = v[1:2:2]
 	} else {
 		delete(h, "X-Forwarded-Host")
 	}
 	if r.TLS != nil {
-		h["X-Forwarded-Proto"] = []string{"https"}
+		h["X-Forwarded-Proto"] = protoHTTPS
 	} else {
-		h["X-Forwarded-Proto"] = []string{"http"}
+		h["X-Forwarded-Proto"] = protoHTTP
 	}
 }
+
+var protoHTTP, protoHTTPS = []string{"http"}, []string{"https"}

@@ -164,6 +164,7 @@ func response(pc *pconn, br *bufio.Reader, raw []byte, req *http.Request) *http.
 		return all[o : o+len(b)]
 	}
 	hdr := make(http.Header, len(h.Fields))
+	vals := make([]string, 0, len(h.Fields)) // one backing array for the values
 	var trailer http.Header
 	for _, f := range h.Fields {
 		k := textproto.CanonicalMIMEHeaderKey(sub(f.Name))
@@ -181,7 +182,13 @@ func response(pc *pconn, br *bufio.Reader, raw []byte, req *http.Request) *http.
 				}
 			}
 		}
-		hdr[k] = append(hdr[k], v)
+		if vv, ok := hdr[k]; ok {
+			hdr[k] = append(vv, v)
+			continue
+		}
+		vals = append(vals, v)
+		n := len(vals)
+		hdr[k] = vals[n-1 : n : n]
 	}
 	resp := &http.Response{
 		Status:     statusString(h.Status),
