@@ -475,8 +475,10 @@ func (c *h1conn) request(raw []byte) (*http.Request, error) {
 		if len(b) == 0 {
 			return ""
 		}
-		o := cap(raw) - cap(b) // b is raw[o:…]
-		return all[o : o+len(b)]
+		if o := cap(raw) - cap(b); o >= 0 && o+len(b) <= len(raw) && &raw[o] == &b[0] {
+			return all[o : o+len(b)] // b is raw[o:…]: no copy
+		}
+		return string(b)
 	}
 	target := sub(h.Target)
 	c.url = url.URL{}

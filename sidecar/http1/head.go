@@ -169,9 +169,6 @@ func ParseRequest(buf []byte, h *Head, lim Limits) error {
 	if err := h.parseFields(rest, lim, true); err != nil {
 		return err
 	}
-	if h.Minor == 0 && h.Chunked {
-		return errorf(400, "Transfer-Encoding in an HTTP/1.0 request")
-	}
 	return nil
 }
 
@@ -253,6 +250,10 @@ func (h *Head) parseFields(rest []byte, lim Limits, request bool) error {
 	}
 	if h.Chunked && h.ContentLength >= 0 {
 		return errorf(400, "both Content-Length and Transfer-Encoding")
+	}
+	if h.Chunked && h.Minor == 0 {
+		// RFC 9112 §6.1: the framing of such a message is faulty.
+		return errorf(400, "Transfer-Encoding in an HTTP/1.0 message")
 	}
 	if h.Minor == 0 {
 		h.Close = !h.keepAlive()

@@ -19,7 +19,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	b := bw.AvailableBuffer()
 	b = append(b, req.Method...)
 	b = append(b, ' ')
-	if req.URL.Opaque == "" && req.URL.RawPath == "" && req.URL.RawQuery == "" && req.URL.Path != "" && noEscape(req.URL.Path) {
+	if req.URL.Opaque == "" && req.URL.RawPath == "" && req.URL.RawQuery == "" && !req.URL.ForceQuery && req.URL.Path != "" && noEscape(req.URL.Path) {
 		b = append(b, req.URL.Path...)
 	} else {
 		b = append(b, req.URL.RequestURI()...)
@@ -160,8 +160,10 @@ func response(pc *pconn, br *bufio.Reader, raw []byte, req *http.Request) *http.
 		if len(b) == 0 {
 			return ""
 		}
-		o := cap(raw) - cap(b)
-		return all[o : o+len(b)]
+		if o := cap(raw) - cap(b); o >= 0 && o+len(b) <= len(raw) && &raw[o] == &b[0] {
+			return all[o : o+len(b)] // b is raw[o:…]: no copy
+		}
+		return string(b)
 	}
 	hdr := make(http.Header, len(h.Fields))
 	vals := make([]string, 0, len(h.Fields)) // one backing array for the values
