@@ -122,8 +122,8 @@ func (w *h1response) sendHead(final bool) {
 			delete(w.hdr, "Content-Length")
 		}
 	}
-	if hasToken(w.hdr["Connection"], "close") {
-		w.closeAfter = true
+	if hasToken(w.hdr["Connection"], "close") || c.srv.closing.Load() {
+		w.closeAfter = true // shutting down: this is the connection's last answer
 	}
 	var framing string
 	switch {
