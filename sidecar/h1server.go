@@ -47,7 +47,8 @@ type h1Server struct {
 	closing atomic.Bool
 	mu      sync.Mutex
 	lns     map[net.Listener]struct{}
-	conns   map[*h1conn]struct{}
+	conns   map[*h1conn]struct{}  // HTTP/1.1 connections (idle ones close on Shutdown)
+	raw     map[net.Conn]struct{} // every connection, HTTP/2 ones too (Close closes them)
 	g       connGroup
 }
 
@@ -65,7 +66,7 @@ const discardLimit = 256 << 10
 
 func newH1Server(h http.Handler, lim LimitsConfig, log *slog.Logger) *h1Server {
 	s := &h1Server{h: h, lim: lim, hlim: lim.head(), log: log,
-		lns: map[net.Listener]struct{}{}, conns: map[*h1conn]struct{}{}}
+		lns: map[net.Listener]struct{}{}, conns: map[*h1conn]struct{}{}, raw: map[net.Conn]struct{}{}}
 	s.h2, s.h2base = newStdH2(h, *lim.MaxConcurrentStreams, log)
 	return s
 }
@@ -121,8 +122,8 @@ func (s *h1Server) Close() error {
 	for ln := range s.lns {
 		_ = ln.Close()
 	}
-	for c := range s.conns {
-		_ = c.rwc.Close()
+	for c := range s.raw {
+		_ = c.Close()
 	}
 	s.mu.Unlock()
 	return nil
@@ -202,6 +203,14 @@ func (c *h1conn) closeIfIdle() {
 }
 
 func (s *h1Server) serveConn(rwc net.Conn) {
+	s.mu.Lock()
+	s.raw[rwc] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.raw, rwc)
+		s.mu.Unlock()
+	}()
 	c := &h1conn{srv: s, rwc: rwc, addr: rwc.RemoteAddr().String(), ctx: context.Background()}
 	if s.connFn != nil {
 		c.ctx = s.connFn(c.ctx, rwc)

@@ -2,8 +2,10 @@ package sidecar
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -309,5 +311,56 @@ func TestHeadThenGetOnOneConnection(t *testing.T) {
 	body, _ := io.ReadAll(get.Body)
 	if string(body) != "hello" {
 		t.Fatalf("GET body %q", body)
+	}
+}
+
+// Shutdown waits for requests in flight until its context ends, then
+// closes every connection, HTTP/2 ones included: a stuck stream cannot
+// keep the engine (and the process) up.
+func TestShutdownClosesStuckConnections(t *testing.T) {
+	entered := make(chan struct{}, 2)
+	release := make(chan struct{})
+	defer close(release)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	var lim LimitsConfig
+	lim.setDefaults()
+	srv := newH1Server(h, lim, slog.New(slog.DiscardHandler))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	url := "http://" + ln.Addr().String() + "/"
+	errs := make(chan error, 2)
+	for _, c := range []*http.Client{h1Client(), h2cClient()} {
+		go func() {
+			resp, err := c.Get(url)
+			if err == nil {
+				resp.Body.Close()
+			}
+			errs <- err
+		}()
+	}
+	<-entered
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with two stuck requests: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err == nil {
+			t.Fatal("a stuck request got an answer after its connection was closed")
+		}
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
 	}
 }
