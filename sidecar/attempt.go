@@ -117,8 +117,14 @@ func (r *proxyRequest) attempt(n int, retry bool) (*http.Response, retryDecision
 	r.prev = p.Host
 	if !r.prepared {
 		if err := r.prepareBody(); err != nil {
+			// The client's body failed: it went away, stalled, or broke
+			// its framing; the endpoint is not to blame.
+			kind := classify(err, r.ctx)
+			if kind != failStreamIdle && kind != failBadBody {
+				kind = failCanceled
+			}
 			p.Done(DoneInfo{Fail: failCanceled})
-			return nil, noRetry, &upstreamError{kind: failCanceled, err: err}
+			return nil, noRetry, &upstreamError{kind: kind, err: err}
 		}
 	}
 	a, areq := r.begin(p, n)
@@ -257,11 +263,12 @@ func (r *proxyRequest) failed(a *try, err error) (retryDecision, error) {
 	kind := classify(err, a.ctx)
 	d := DoneInfo{Fail: kind}
 	var de *dialError
-	if kind != failCanceled && kind != failOverflow && !errors.As(err, &de) {
+	client := kind == failCanceled || kind == failStreamIdle || kind == failBadBody // not the endpoint's doing
+	if !client && kind != failOverflow && !errors.As(err, &de) {
 		d.Outlier = outcomeResult(kind) // connect failures: the dialer reported them
 	}
 	canReplay := r.buffered != nil || !r.hasBody || (r.guard != nil && !r.guard.read.Load())
-	retry := kind != failCanceled && kind != failOverflow && r.ctx.Err() == nil &&
+	retry := !client && kind != failOverflow && r.ctx.Err() == nil &&
 		a.n < r.t.retry.numRetries && canReplay && r.t.retry.retriableFailure(kind)
 	o := failOutcome(kind)
 	if retry {

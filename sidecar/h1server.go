@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -705,6 +706,7 @@ func (b *h1body) Read(p []byte) (int, error) {
 			}
 			b.finished.Store(true)
 		} else if err != nil {
+			err = bodyError(err)
 			b.err = err
 		}
 		return n, err
@@ -722,9 +724,21 @@ func (b *h1body) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	if err != nil {
+		err = bodyError(err)
 		b.err = err
 	}
 	return n, err
+}
+
+// errStreamIdle: a request body stalled longer than stream_idle_timeout
+// (answered 408 when nothing was answered yet, as Envoy does).
+var errStreamIdle = errors.New("request body idle longer than stream_idle_timeout")
+
+func bodyError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errStreamIdle
+	}
+	return err
 }
 
 // Close leaves what is unread to the engine (discarded, or the

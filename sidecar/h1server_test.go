@@ -364,3 +364,49 @@ func TestShutdownClosesStuckConnections(t *testing.T) {
 		t.Fatalf("Serve returned %v", err)
 	}
 }
+
+// A request body that stalls longer than stream_idle_timeout ends the
+// request with 408 (nothing was answered yet) and the connection.
+func TestStreamIdleTimeoutOnBody(t *testing.T) {
+	b := startBackend(t, "b1", nil)
+	s, _ := startSidecar(t, oneUpstream+"limits: {stream_idle_timeout: 100ms}\n", endpointsYAML("api", b.addr, 1))
+	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\nab"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestTimeout || string(body) != "stream timeout" {
+		t.Fatalf("stalled body: %d %q, want 408 stream timeout", resp.StatusCode, body)
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the 408: %v, want the connection closed", err)
+	}
+}
+
+// A chunked request body that breaks its framing midway is a 400 naming
+// the problem; the endpoint is not blamed (no outlier result, no retry).
+func TestBadChunkedBodyIs400(t *testing.T) {
+	b := startBackend(t, "b1", nil)
+	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
+	resp, body, closed := rawExchange(t, s.UpstreamAddr("api"),
+		"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `invalid chunk size "zz"`) {
+		t.Fatalf("bad chunk: %d %q", resp.StatusCode, body)
+	}
+	if !closed {
+		t.Fatal("connection not closed after a broken body")
+	}
+	if n := b.hits.Load(); n > 1 {
+		t.Fatalf("the broken request was sent %d times: a client's fault is not retried", n)
+	}
+}

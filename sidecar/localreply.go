@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/sidemesh/sidemesh/sidecar/breaker"
+	"github.com/sidemesh/sidemesh/sidecar/http1"
 	"github.com/sidemesh/sidemesh/sidecar/http1client"
 )
 
@@ -26,12 +27,14 @@ const (
 	failConnect
 	failReset
 	failRefusedStream
-	failTimeout   // per-try or overall timeout
-	failOverflow  // circuit breaker
-	failNoHealthy // no eligible endpoint
-	failCanceled  // the client went away
-	failUnknown   // no upstream by that name or destination (transparent listener)
-	failProtocol  // the upstream's response was malformed (502)
+	failTimeout    // per-try or overall timeout
+	failOverflow   // circuit breaker
+	failNoHealthy  // no eligible endpoint
+	failCanceled   // the client went away
+	failUnknown    // no upstream by that name or destination (transparent listener)
+	failProtocol   // the upstream's response was malformed (502)
+	failStreamIdle // the client's request body stalled (408)
+	failBadBody    // the client's request body broke its framing (400)
 )
 
 // upstreamError is what the cluster transport returns when it has no
@@ -71,6 +74,10 @@ func (k failKind) String() string {
 		return "unknown upstream"
 	case failProtocol:
 		return "protocol error"
+	case failStreamIdle:
+		return "stream idle timeout"
+	case failBadBody:
+		return "bad request body"
 	}
 	return "ok"
 }
@@ -89,6 +96,13 @@ func classify(err error, ctx context.Context) failKind {
 	var pe *http1client.ProtocolError
 	if errors.As(err, &pe) {
 		return failProtocol
+	}
+	if errors.Is(err, errStreamIdle) {
+		return failStreamIdle
+	}
+	var he *http1.Error
+	if errors.As(err, &he) {
+		return failBadBody
 	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
@@ -159,6 +173,14 @@ func localReply(err error) (int, string) {
 		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
 	case failProtocol:
 		return http.StatusBadGateway, "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+	case failStreamIdle:
+		return http.StatusRequestTimeout, "stream timeout"
+	case failBadBody:
+		var he *http1.Error
+		if errors.As(ue.err, &he) {
+			return http.StatusBadRequest, he.Reason + "\n"
+		}
+		return http.StatusBadRequest, "bad request body\n"
 	}
 	return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 }
