@@ -449,9 +449,12 @@ for s in $ALL_SETUPS; do
 done
 "$TMP/report" "${REPORT_ARGS[@]}"
 
-D_RPS=$(best rps max closed direct)
-D_P50=$(best p50_us min open direct)
-D_P99=$(best p99_us min open direct)
+D_RPS=nan D_P50=nan D_P99=nan
+if want direct && [ -z "${SKIP[direct]:-}" ]; then
+	D_RPS=$(best rps max closed direct)
+	D_P50=$(best p50_us min open direct)
+	D_P99=$(best p99_us min open direct)
+fi
 
 row() {
 	local s=$1

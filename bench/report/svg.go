@@ -33,6 +33,7 @@ const (
 	marginTop   = 64.0
 	plotH       = 260.0
 	labelsH     = 120.0 // room for the rotated setup names under the plot
+	minPlotW    = 560.0 // room for the title and the legend
 )
 
 // writeSVG draws one group of bars per setup that has latencies at the
@@ -67,7 +68,7 @@ func writeSVG(w io.Writer, setups []Setup) error {
 		decHi = decLo + 1
 	}
 	groupW := float64(len(percentiles))*barW + groupGap
-	width := marginLeft + math.Max(float64(len(rows))*groupW, 260) + marginRight
+	width := marginLeft + math.Max(float64(len(rows))*groupW, minPlotW) + marginRight
 	height := marginTop + plotH + labelsH
 	y := func(v float64) float64 { // latency (µs) → SVG y
 		if v <= 0 || math.IsNaN(v) {
@@ -85,7 +86,7 @@ func writeSVG(w io.Writer, setups []Setup) error {
 	if len(rates) > 0 {
 		title += " (" + strings.Join(rates, ", ") + " requests/s)"
 	}
-	p(`<text x="%.0f" y="20" font-size="15" font-weight="bold">%s</text>`+"\n", marginLeft, esc(title))
+	p(`<text x="10" y="20" font-size="14" font-weight="bold">%s</text>`+"\n", esc(title))
 	// Legend.
 	for i, pc := range percentiles {
 		x := marginLeft + float64(i)*70
