@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -192,8 +193,13 @@ func TestSVG(t *testing.T) {
 			inText = tk.Name.Local == "text"
 			if tk.Name.Local == "rect" {
 				for _, a := range tk.Attr {
-					if a.Name.Local == "fill" {
+					switch a.Name.Local {
+					case "fill":
 						bars[a.Value]++
+					case "height":
+						if h, err := strconv.ParseFloat(strings.TrimSuffix(a.Value, "%"), 64); err != nil || h <= 0 {
+							t.Errorf("rect of height %q: every bar must show", a.Value)
+						}
 					}
 				}
 			}

@@ -64,6 +64,9 @@ func writeSVG(w io.Writer, setups []Setup) error {
 		lo, hi = 10, 1000
 	}
 	decLo, decHi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
+	if math.Pow(10, decLo) >= lo {
+		decLo-- // the lowest value on the axis' floor would draw no bar
+	}
 	if decHi <= decLo {
 		decHi = decLo + 1
 	}
