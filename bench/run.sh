@@ -412,7 +412,7 @@ declare -A LABEL=(
 	[nginx]="nginx${NGINX_VERSION:+ $NGINX_VERSION} (1 worker, upstream keepalive)"
 	[sidemesh-tcp]="sidemesh (\`protocol: tcp\`, GOMAXPROCS=1)"
 	[haproxy-tcp]="HAProxy (1 thread, mode tcp)"
-	[h2c-direct]="direct (h2load → Go h2c backend)"
+	[h2c-direct]="direct (h2load → h2c backend)"
 	[h2c-sidemesh]="sidemesh (\`protocol: http\`, h2c both sides, GOMAXPROCS=1)"
 	[h2c-sidemesh-grpc]="sidemesh (\`protocol: grpc\`, GOMAXPROCS=1)"
 	[h2c-haproxy]="HAProxy${HAPROXY_VERSION:+ $HAPROXY_VERSION} (1 thread, proto h2 both sides)"

@@ -29,7 +29,7 @@ func writeMarkdown(w io.Writer, r *Report) error {
 	}
 	if h2 := rows("h2c"); len(h2) > 0 {
 		p("### HTTP/2 without TLS (h2c)\n\n")
-		p("h2load, %s connections × %s concurrent streams, closed loop, %s per run; 100-byte responses from a Go h2c backend.\n",
+		p("h2load, %s connections × %s concurrent streams, closed loop, %s per run; 100-byte responses from the frame-level h2c backend (`bench/backend -h2c`).\n",
 			set("h2_conns"), set("h2_streams"), set("duration"))
 		p("Latency here is under saturation (from each request's send), not at a fixed rate.\n\n")
 		p("| setup | req/s | vs direct | proxy CPU per request (user + sys µs) | proxy cores busy | p50 / p99 under load | proxy RSS | errors |\n")
