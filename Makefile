@@ -86,7 +86,8 @@ fuzz:
 unit:
 	$(GO) test -race -count=1 $(PKGS)
 
-# Side-by-side benchmark (see bench/README.md) and the Go benchmarks.
+# Side-by-side benchmark (HTTP/1.1, h2c, gRPC; see bench/README.md) and the Go
+# benchmarks: tables, JSON results and a latency chart in bench/results/.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./sidecar/...
 	./bench/run.sh
