@@ -37,9 +37,7 @@ func (h *upstreamHandler) forward(w http.ResponseWriter, in *http.Request, ctx c
 			return nil
 		},
 	})
-	r := in.WithContext(ctx)
-	u := *r.URL
-	r.URL = &u
+	r := in.WithContext(ctx) // its URL is edited in place too: the engine's, reset per request
 	up := upgradeType(r.Header)
 	te := hasToken(r.Header["Te"], "trailers")
 	removeHopByHop(r.Header)
