@@ -175,7 +175,18 @@ func (cc *clientConn) readLoop() {
 func (cc *clientConn) read() error {
 	first := true
 	for {
-		f, err := cc.fr.ReadFrame()
+		f, wu, err := cc.readFrame()
+		if first && err == nil && wu.ok {
+			cc.goAwayPeer(0, http2.ErrCodeProtocol)
+			return errors.New("h2relay: upstream's first frame is not SETTINGS")
+		}
+		if err == nil && wu.ok {
+			if err := cc.window(wu); err != nil {
+				cc.goAwayPeer(0, http2.ErrCodeFlowControl)
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -208,6 +219,21 @@ func (cc *clientConn) read() error {
 			return err
 		}
 	}
+}
+
+// window takes a WINDOW_UPDATE from the upstream.
+func (cc *clientConn) window(f windowFrame) error {
+	if cc.windowUpdate(f.streamID, f.incr) {
+		return nil
+	}
+	if f.streamID == 0 {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	if st := cc.stream(f.streamID); st != nil {
+		st.upFailed(cc, f.streamID, Result{Err: http2.StreamError{StreamID: f.streamID, Code: http2.ErrCodeFlowControl}})
+	}
+	cc.forget(f.streamID, http2.ErrCodeFlowControl)
+	return nil
 }
 
 // goAwayPeer tells the upstream we close the connection for a protocol error.
@@ -246,16 +272,6 @@ func (cc *clientConn) frame(f http2.Frame) error {
 	case *http2.RSTStreamFrame:
 		if st := cc.stream(f.StreamID); st != nil {
 			st.upReset(cc, f.StreamID, f.ErrCode)
-		}
-	case *http2.WindowUpdateFrame:
-		if !cc.windowUpdate(f.StreamID, f.Increment) {
-			if f.StreamID == 0 {
-				return http2.ConnectionError(http2.ErrCodeFlowControl)
-			}
-			if st := cc.stream(f.StreamID); st != nil {
-				st.upFailed(cc, f.StreamID, Result{Err: http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}})
-			}
-			cc.forget(f.StreamID, http2.ErrCodeFlowControl)
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {

@@ -3,6 +3,8 @@ package h2relay
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -113,6 +115,8 @@ type conn struct {
 	writeDone   chan struct{}
 	writeErr    error
 
+	wuBuf [4]byte // a WINDOW_UPDATE's payload (read loop only)
+
 	// written counts DATA frames written (flood accounting).
 	written atomic.Int64
 }
@@ -129,6 +133,7 @@ func newFramedConn(nc net.Conn, cfg *Config, br *bufio.Reader) *conn {
 		send:       map[uint32]*sendState{},
 		writeDone:  make(chan struct{}),
 	}
+	c.br = br
 	c.fr = http2.NewFramer(nil, br)
 	c.fr.SetMaxReadFrameSize(frameSize)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -526,4 +531,40 @@ func (c *conn) peerFrameSize() uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.peerFrame
+}
+
+// windowFrame is a WINDOW_UPDATE, read without the allocation the
+// Framer makes for one (the steady DATA path gets one or two per frame).
+type windowFrame struct {
+	streamID, incr uint32
+	ok             bool
+}
+
+// readFrame reads the next frame; a WINDOW_UPDATE comes back as wu.
+func (c *conn) readFrame() (f http2.Frame, wu windowFrame, err error) {
+	fh, err := c.fr.ReadFrameHeader()
+	if err != nil {
+		return nil, wu, err
+	}
+	if fh.Type != http2.FrameWindowUpdate {
+		f, err = c.fr.ReadFrameForHeader(fh)
+		return f, wu, err
+	}
+	// With ReadMetaHeaders set a header block is read whole inside one
+	// ReadFrame, so skipping the Framer here leaves its frame-order state
+	// consistent.
+	if fh.Length != 4 {
+		return nil, wu, http2.ConnectionError(http2.ErrCodeFrameSize)
+	}
+	if _, err := io.ReadFull(c.br, c.wuBuf[:]); err != nil {
+		return nil, wu, err
+	}
+	incr := binary.BigEndian.Uint32(c.wuBuf[:]) & 0x7fffffff
+	if incr == 0 {
+		if fh.StreamID == 0 {
+			return nil, wu, http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		return nil, wu, http2.StreamError{StreamID: fh.StreamID, Code: http2.ErrCodeProtocol}
+	}
+	return nil, windowFrame{streamID: fh.StreamID, incr: incr, ok: true}, nil
 }

@@ -219,7 +219,7 @@ func (h *testHandler) results() []Result {
 }
 
 // startRelay serves the relay on a loopback port with h.
-func startRelay(t *testing.T, cfg Config, h Handler) (string, *Server) {
+func startRelay(t testing.TB, cfg Config, h Handler) (string, *Server) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -229,7 +229,9 @@ func startRelay(t *testing.T, cfg Config, h Handler) (string, *Server) {
 	srv := NewServer(pool)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	wg.Add(1) // the accept loop: the connections' Adds happen while it runs
 	go func() {
+		defer wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {

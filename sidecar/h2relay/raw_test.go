@@ -23,14 +23,15 @@ type rawConn struct {
 	nc  net.Conn
 	fr  *http2.Framer
 	bw  *bufio.Writer
+	br  *bufio.Reader
 	mu  sync.Mutex // writes
 	enc *hpack.Encoder
 	hb  bytes.Buffer
 }
 
 func newRawConn(t testing.TB, nc net.Conn) *rawConn {
-	c := &rawConn{t: t, nc: nc, bw: bufio.NewWriter(nc)}
-	c.fr = http2.NewFramer(c.bw, bufio.NewReader(nc))
+	c := &rawConn{t: t, nc: nc, bw: bufio.NewWriter(nc), br: bufio.NewReader(nc)}
+	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.SetReuseFrames()
 	c.enc = hpack.NewEncoder(&c.hb)
@@ -121,7 +122,9 @@ func fakeUpstream(t testing.TB, serve func(c *rawConn)) string {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
+	wg.Add(1) // the accept loop: the connections' Adds happen while it runs
 	go func() {
+		defer wg.Done()
 		for {
 			nc, err := ln.Accept()
 			if err != nil {

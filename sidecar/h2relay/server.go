@@ -102,13 +102,12 @@ func (sc *serverConn) serve(drain context.Context) (err error) {
 
 	first := true
 	for {
-		f, err := sc.fr.ReadFrame()
-		var se http2.StreamError
-		if errors.As(err, &se) {
-			sc.streamError(se)
-			continue
-		}
+		f, wu, err := sc.readFrame()
 		if err != nil {
+			if se := (http2.StreamError{}); errors.As(err, &se) {
+				sc.streamError(se)
+				continue
+			}
 			if code, ok := sc.readError(err); ok {
 				return sc.connError(code, err)
 			}
@@ -123,7 +122,12 @@ func (sc *serverConn) serve(drain context.Context) (err error) {
 			}
 			first = false
 		}
-		if err := sc.frame(f); err != nil {
+		if wu.ok {
+			err = sc.window(wu)
+		} else {
+			err = sc.frame(f)
+		}
+		if err != nil {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				return sc.connError(http2.ErrCode(ce), err)
@@ -236,20 +240,6 @@ func (sc *serverConn) frame(f http2.Frame) error {
 		return sc.headers(f)
 	case *http2.DataFrame:
 		return sc.data(f)
-	case *http2.WindowUpdateFrame:
-		sc.windowFrames++
-		if sc.windowFrames > 1000+10*sc.written.Load() {
-			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
-		}
-		if f.StreamID != 0 && f.StreamID > sc.lastOpened() {
-			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
-		if !sc.windowUpdate(f.StreamID, f.Increment) {
-			if f.StreamID == 0 {
-				return http2.ConnectionError(http2.ErrCodeFlowControl)
-			}
-			sc.abortStream(f.StreamID, http2.ErrCodeFlowControl)
-		}
 	case *http2.RSTStreamFrame:
 		if f.StreamID > sc.lastOpened() {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
@@ -283,6 +273,26 @@ func (sc *serverConn) frame(f http2.Frame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	case *http2.PriorityFrame:
 		// Priorities are advisory; streams are relayed as they come.
+	}
+	return nil
+}
+
+// window takes a WINDOW_UPDATE. More than 10 per DATA frame we sent
+// (beyond a first 1000) is a flood (Envoy's
+// max_inbound_window_update_frames_per_data_frame_sent).
+func (sc *serverConn) window(f windowFrame) error {
+	sc.windowFrames++
+	if sc.windowFrames > 1000+10*sc.written.Load() {
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
+	if f.streamID != 0 && f.streamID > sc.lastOpened() {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if !sc.windowUpdate(f.streamID, f.incr) {
+		if f.streamID == 0 {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		sc.abortStream(f.streamID, http2.ErrCodeFlowControl)
 	}
 	return nil
 }
