@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel/baggage"
@@ -285,4 +286,35 @@ func TestExtractPriority(t *testing.T) {
 			t.Errorf("%v: extracted trace %s, want %s", tc.propagators, got, tc.want)
 		}
 	}
+}
+
+// TestInjectFields: the field-list form leaves the same headers as Inject.
+func TestInjectFields(t *testing.T) {
+	incoming := http.Header{}
+	incoming.Set("traceparent", "00-"+tid+"-"+sid+"-01")
+	incoming.Set("b3", tid+"-"+sid+"-1")
+	incoming.Set("X-Request-Id", "r1")
+	p, _ := recordingProvider(t, 0, nil)
+	ctx := p.Extract(context.Background(), incoming)
+	ctx, span := p.StartClient(ctx, httptest.NewRequest(http.MethodGet, "/", nil), Upstream{Service: "api"}, 0)
+	defer span.End()
+	want := incoming.Clone()
+	p.Inject(ctx, want)
+
+	fields := map[string]string{}
+	for k, v := range incoming {
+		fields[strings.ToLower(k)] = v[0]
+	}
+	p.InjectFields(ctx, func(name string) { delete(fields, name) }, func(name, value string) { fields[name] = value })
+	if len(fields) != len(want) {
+		t.Fatalf("fields %v, want %v", fields, want)
+	}
+	for k, v := range want {
+		if fields[strings.ToLower(k)] != v[0] {
+			t.Errorf("%s = %q, want %q", strings.ToLower(k), fields[strings.ToLower(k)], v[0])
+		}
+	}
+	// Off: nothing changes.
+	var off *Provider
+	off.InjectFields(ctx, func(string) { t.Fatal("del called with tracing off") }, func(string, string) { t.Fatal("set called with tracing off") })
 }

@@ -434,3 +434,23 @@ func splitHostPort(s string) (host string, port int, ok bool) {
 	}
 	return host, port, host != ""
 }
+
+// InjectFields is Inject for a header kept as a list of fields (an HTTP/2
+// relay's): del removes a field by its lower-case name, set sets one. The
+// propagators' own fields are removed first, as Inject does. It does nothing
+// when tracing is off.
+func (p *Provider) InjectFields(ctx context.Context, del func(name string), set func(name, value string)) {
+	if !p.Enabled() {
+		return
+	}
+	for _, k := range p.owned {
+		del(strings.ToLower(k))
+	}
+	h := make(http.Header, 2)
+	p.prop.Inject(ctx, headerCarrier(h))
+	for k, v := range h {
+		if len(v) > 0 {
+			set(strings.ToLower(k), v[0])
+		}
+	}
+}
