@@ -2,7 +2,7 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/sidemesh/sidemesh/sidecar.Version=$(VERSION)
-TOOLS    := bin/tools/consul bin/tools/jaeger
+TOOLS    := bin/tools/consul bin/tools/jaeger bin/tools/h2spec
 PKGS     := ./...
 
 .PHONY: all build run test unit vet fmt-check tools fuzz bench bench-xds image clean
@@ -23,6 +23,10 @@ bin/tools/consul: tools/consul/go.mod tools/consul/go.sum
 
 bin/tools/jaeger: tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/tools/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+
+# h2spec, the HTTP/2 conformance suite run against the HTTP/2 relay.
+bin/tools/h2spec: tools/h2spec/go.mod tools/h2spec/go.sum
+	cd tools/h2spec && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/tools/h2spec github.com/summerwind/h2spec/cmd/h2spec
 
 # iptables (Debian package) for the capture tests of the iptables backend,
 # best effort: without it those tests skip with the reason, or fail under

@@ -45,6 +45,11 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, r io.Reader, h Ha
 	return sc.serve(ctx)
 }
 
+type closedStream struct {
+	id  uint32
+	how int
+}
+
 // serverConn is one downstream connection.
 type serverConn struct {
 	*conn
@@ -54,9 +59,11 @@ type serverConn struct {
 	cancel context.CancelFunc
 
 	// under conn.mu
-	streams   map[uint32]*relayStream
-	goingAway bool
-	lastID    uint32 // the highest stream id the client opened
+	streams    map[uint32]*relayStream
+	recent     [closedRing]closedStream // recently closed streams
+	closedNext int
+	goingAway  bool
+	lastID     uint32 // the highest stream id the client opened
 
 	// read loop only
 	recvConn     int64
@@ -212,15 +219,44 @@ func (sc *serverConn) stream(id uint32) *relayStream {
 	return sc.streams[id]
 }
 
+// How a stream id at or below the last one opened was closed.
+const (
+	closedUnknown  = iota // never opened, or forgotten
+	closedNormally        // both sides sent END_STREAM
+	closedReset           // reset by either side
+)
+
+// closedRing is how many recently closed streams a connection remembers.
+const closedRing = 128
+
+// closedHow reports how stream id was closed, if it is among the recent.
+func (sc *serverConn) closedHow(id uint32) int {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	for _, c := range sc.recent {
+		if c.id == id {
+			return c.how
+		}
+	}
+	return closedUnknown
+}
+
 // removeStream forgets a finished stream; completed says it had its
-// response (rapid reset accounting).
-func (sc *serverConn) removeStream(id uint32, completed bool) {
+// response (rapid reset accounting), normal that both sides ended it
+// without a reset.
+func (sc *serverConn) removeStream(id uint32, completed, normal bool) {
 	if completed {
 		if sc.rapid.Add(-1) < 0 {
 			sc.rapid.Store(0)
 		}
 	}
 	sc.mu.Lock()
+	how := closedReset
+	if normal {
+		how = closedNormally
+	}
+	sc.recent[sc.closedNext%closedRing] = closedStream{id: id, how: how}
+	sc.closedNext++
 	delete(sc.streams, id)
 	if sc.goingAway && len(sc.streams) == 0 && !sc.ended.Load() {
 		sc.ended.Store(true)
@@ -273,6 +309,9 @@ func (sc *serverConn) frame(f http2.Frame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	case *http2.PriorityFrame:
 		// Priorities are advisory; streams are relayed as they come.
+		if f.StreamDep == f.StreamID {
+			sc.abortStream(f.StreamID, http2.ErrCodeProtocol) // depends on itself (RFC 9113 §5.3.1)
+		}
 	}
 	return nil
 }
@@ -323,8 +362,16 @@ func (sc *serverConn) headers(f *http2.MetaHeadersFrame) error {
 		sc.lastID = id
 	}
 	sc.mu.Unlock()
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		sc.abortStream(id, http2.ErrCodeProtocol) // depends on itself (RFC 9113 §5.3.1)
+		return nil
+	}
 	if st != nil {
 		// Trailers: they end the request and carry no pseudo fields.
+		if st.requestEnded() {
+			sc.abortStream(id, http2.ErrCodeStreamClosed) // half-closed (remote)
+			return nil
+		}
 		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
 			sc.abortStream(id, http2.ErrCodeProtocol)
 			return nil
@@ -335,10 +382,14 @@ func (sc *serverConn) headers(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	if id <= last {
-		// A closed stream (it may have ended on our side while the
-		// client's frames were in flight).
-		sc.rst(id, http2.ErrCodeStreamClosed)
-		return nil
+		switch sc.closedHow(id) {
+		case closedNormally: // both sides ended it: HEADERS on a closed stream
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		case closedReset: // its frames may have been in flight when it was reset
+			sc.rst(id, http2.ErrCodeStreamClosed)
+			return nil
+		}
+		return http2.ConnectionError(http2.ErrCodeProtocol) // a stream id that went backwards
 	}
 	if goingAway {
 		return nil // above the GOAWAY's last stream: ignored
@@ -352,7 +403,10 @@ func (sc *serverConn) headers(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	sc.mu.Lock()
-	if len(sc.streams) >= int(sc.cfg.MaxConcurrentStreams) {
+	// Open streams are the ones we have not ended (END_STREAM or
+	// RST_STREAM written): a stream finished here whose end is still in the
+	// write queue counts, as it does for the client.
+	if len(sc.streams) >= int(sc.cfg.MaxConcurrentStreams) || len(sc.send) >= int(sc.cfg.MaxConcurrentStreams) {
 		sc.mu.Unlock()
 		sc.rst(id, http2.ErrCodeRefusedStream)
 		return nil

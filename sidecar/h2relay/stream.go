@@ -270,6 +270,13 @@ func (st *relayStream) dropRetainedLocked() {
 
 func (st *relayStream) replayableLocked() bool { return !st.lost }
 
+// requestEnded reports whether the downstream ended the request.
+func (st *relayStream) requestEnded() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.reqEnded
+}
+
 // creditDownLocked gives the downstream back n bytes of window.
 func (st *relayStream) creditDownLocked(n uint32) {
 	if st.done || st.reqEnded {
@@ -665,7 +672,7 @@ func (st *relayStream) finishLocked(completed bool) {
 		st.reqBufs[i] = nil
 	}
 	st.reqBufs = nil
-	st.sc.removeStream(st.id, completed)
+	st.sc.removeStream(st.id, completed, completed && st.reqEnded)
 	st.closeHandlerLocked()
 }
 
