@@ -280,10 +280,15 @@ func (sc *serverConn) frame(f http2.Frame) error {
 		if f.StreamID > sc.lastOpened() {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
+		premature := false
 		if st := sc.stream(f.StreamID); st != nil {
-			if st.downReset(f.ErrCode, true) && sc.rapid.Add(1) > int64(sc.cfg.MaxRapidResets) {
-				return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
-			}
+			premature = st.downReset(f.ErrCode, true)
+		}
+		sc.mu.Lock()
+		sc.closeSendLocked(f.StreamID) // nothing more goes out on it
+		sc.mu.Unlock()
+		if premature && sc.rapid.Add(1) > int64(sc.cfg.MaxRapidResets) {
+			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 		}
 	case *http2.SettingsFrame:
 		if f.IsAck() {
