@@ -60,6 +60,9 @@ func (s *Sidecar) h2For(c *Cluster) *h2relay.Server {
 		}
 		if lim.MaxRequestHeadersKB != nil {
 			cfg.MaxHeaderListSize = uint32(*lim.MaxRequestHeadersKB) << 10
+			if *lim.MaxRequestHeadersKB == 0 {
+				cfg.MaxHeaderListSize = 16 << 20 // 0: off (bounded all the same)
+			}
 		}
 	}
 	log := c.log
