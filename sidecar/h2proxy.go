@@ -166,6 +166,11 @@ func (hc *h2Conn) Open(req *h2relay.Request) (h2relay.Stream, *h2relay.Reply) {
 	st.up = slot.h.Load().up
 	st.g = c.guarded()
 	c.cm.rqActive.Inc()
+	if c.inbound && s.inboundClosing.Load() {
+		// The drain's inbound grace: this connection takes no more streams
+		// (HTTP/1.1 answers Connection: close meanwhile).
+		req.GoAway()
+	}
 	if c.inbound {
 		if c.tp.Enabled() || s.tp.Enabled() {
 			st.ctx, st.srvSpan = s.tp.StartServer(st.ctx, hc.httpRequest(req.Header, st))

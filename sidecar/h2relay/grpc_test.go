@@ -140,6 +140,9 @@ func (h *testHandler) Open(req *Request) (Stream, *Reply) {
 	h.mu.Lock()
 	h.opened++
 	h.mu.Unlock()
+	if req.Header.Get("x-goaway") != "" {
+		req.GoAway()
+	}
 	if req.Header.Get("x-deny") != "" {
 		return nil, &Reply{Status: 200, Header: []hpackField{{Name: "content-type", Value: "application/grpc"}, {Name: "grpc-status", Value: "7"}, {Name: "grpc-message", Value: "denied"}}}
 	}

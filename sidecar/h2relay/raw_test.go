@@ -486,3 +486,52 @@ func TestSlowReaderBounded(t *testing.T) {
 		t.Fatalf("received %d bytes, want %d", got, total)
 	}
 }
+
+// answer204 is an upstream answering every request 204.
+func answer204(c *rawConn) {
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		if h, ok := f.(*http2.MetaHeadersFrame); ok {
+			b := c.block(":status", "204")
+			c.write(func(fr *http2.Framer) error {
+				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: b, EndStream: true, EndHeaders: true})
+			})
+		}
+	}
+}
+
+// TestGoAwayFromHandler: a stream's Request.GoAway drains its connection:
+// GOAWAY naming the streams taken, the stream still answered, then the
+// connection ends.
+func TestGoAwayFromHandler(t *testing.T) {
+	up := fakeUpstream(t, answer204)
+	relay, _ := startRelay(t, Config{}, &testHandler{addrs: []string{up}})
+	c := dialRaw(t, relay)
+	if err := c.headers(1, true, append(append([]string(nil), getRequest...), "x-goaway", "1")...); err != nil {
+		t.Fatal(err)
+	}
+	var g *http2.GoAwayFrame
+	answered := false
+	_ = c.nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			break // the relay closed the connection
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			g = f
+		case *http2.MetaHeadersFrame:
+			answered = f.StreamID == 1 && f.PseudoValue("status") == "204"
+		}
+	}
+	if g == nil || g.ErrCode != http2.ErrCodeNo || g.LastStreamID != 1 {
+		t.Fatalf("GOAWAY %v, want NO_ERROR with last stream 1", g)
+	}
+	if !answered {
+		t.Fatal("the stream that asked for the drain was not answered before the connection ended")
+	}
+}

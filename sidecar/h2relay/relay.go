@@ -135,6 +135,9 @@ type Request struct {
 	RemoteAddr net.Addr
 	// Context is the downstream connection's: canceled when it closes.
 	Context context.Context
+	// GoAway starts draining the downstream connection: GOAWAY, and it
+	// ends once its streams have (this one included).
+	GoAway func()
 }
 
 // Result is what an attempt came to.

@@ -57,7 +57,7 @@ type relayStream struct {
 
 func newRelayStream(sc *serverConn, id uint32, f *http2.MetaHeadersFrame) *relayStream {
 	st := &relayStream{sc: sc, id: id, clen: -1, recvWin: int64(sc.cfg.StreamWindow), retain: true}
-	st.req = Request{Header: Header(f.Fields), RemoteAddr: sc.nc.RemoteAddr(), Context: sc.ctx}
+	st.req = Request{Header: Header(f.Fields), RemoteAddr: sc.nc.RemoteAddr(), Context: sc.ctx, GoAway: sc.goAway}
 	st.ctx, st.cancel = context.WithCancel(sc.ctx)
 	for _, hf := range f.RegularFields() {
 		if hf.Name == "content-length" {
