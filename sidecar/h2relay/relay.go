@@ -83,9 +83,9 @@ const (
 // Handler makes the relay's decisions for the streams of one downstream
 // connection.
 type Handler interface {
-	// Open is called once for each new downstream stream, on a goroutine
-	// of its own, before its first attempt. It returns the stream's
-	// policy, or a Reply to answer the stream locally.
+	// Open is called once for each new downstream stream, before its first
+	// attempt, on the connection's read loop: it must not block. It
+	// returns the stream's policy, or a Reply to answer the stream locally.
 	Open(req *Request) (Stream, *Reply)
 }
 
@@ -99,8 +99,10 @@ type Stream interface {
 	Deadline() time.Time
 	// Attempt chooses the endpoint of attempt n (from 0) and edits h, the
 	// request header it sends (a copy of the downstream one, pseudo fields
-	// included). It may block (a retry's backoff). It returns a Reply
-	// instead to answer locally (no endpoint, overload).
+	// included). Attempt 0 runs on the connection's read loop and must not
+	// block; a retry's (n > 0) runs on a goroutine of its own and may (its
+	// backoff). It returns a Reply instead to answer locally (no endpoint,
+	// overload).
 	Attempt(n int, h *Header) (Target, *Reply)
 	// Retry is asked when attempt n ended before any response was relayed:
 	// with a response header (r.Status > 0) or a failure. replayable says

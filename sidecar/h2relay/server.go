@@ -420,7 +420,7 @@ func (sc *serverConn) headers(f *http2.MetaHeadersFrame) error {
 	sc.streams[id] = st
 	sc.openSendLocked(id)
 	sc.mu.Unlock()
-	go st.open()
+	st.open()
 	return nil
 }
 
@@ -559,6 +559,21 @@ func (p *Pool) Conns(addr string) int {
 }
 
 var errPoolClosed = errors.New("h2relay: upstream pool closed")
+
+// tryAcquire returns a pooled connection to addr with a stream slot
+// reserved, or nil when that takes a dial (or a wait for one).
+func (p *Pool) tryAcquire(addr string) *clientConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ep := p.eps[addr]; ep != nil && !p.closed {
+		for _, cc := range ep.conns {
+			if cc.reserve() {
+				return cc
+			}
+		}
+	}
+	return nil
+}
 
 // acquire returns a connection to t.Addr with a stream slot reserved.
 func (p *Pool) acquire(ctx context.Context, t Target) (*clientConn, error) {

@@ -73,7 +73,9 @@ func newRelayStream(sc *serverConn, id uint32, f *http2.MetaHeadersFrame) *relay
 	return st
 }
 
-// open asks the handler for the stream's policy and runs the first attempt.
+// open asks the handler for the stream's policy and runs the first attempt,
+// on the connection's read loop (Handler.Open and a first Attempt do not
+// block; a dial goes to a goroutine).
 func (st *relayStream) open() {
 	if st.clen == -2 {
 		st.sc.abortStream(st.id, http2.ErrCodeProtocol)
@@ -100,7 +102,7 @@ func (st *relayStream) open() {
 		st.deadline = time.AfterFunc(time.Until(d), st.timeout)
 	}
 	st.mu.Unlock()
-	st.runAttempt(0)
+	st.runAttempt(0, true)
 }
 
 // ReplayLimiter is implemented by a Stream that bounds how much of a
@@ -115,8 +117,9 @@ func replayLimit(h Stream) int64 {
 }
 
 // runAttempt runs attempt n: the handler's pick, a pooled connection, the
-// request header and what the request has so far.
-func (st *relayStream) runAttempt(n int) {
+// request header and what the request has so far. inline: it runs on the
+// connection's read loop (the first attempt), where it must not block.
+func (st *relayStream) runAttempt(n int, inline bool) {
 	st.mu.Lock()
 	if st.done {
 		st.closeHandlerLocked()
@@ -149,9 +152,29 @@ func (st *relayStream) runAttempt(n int) {
 		return
 	}
 	st.mu.Unlock()
+	if inline {
+		// On the connection's read loop: only a pooled connection with a
+		// free stream will do; a dial goes to a goroutine of its own.
+		if cc := st.sc.srv.pool.tryAcquire(t.Addr); cc != nil {
+			st.attach(cc, nil, t, hdr)
+			return
+		}
+		go st.connect(t, hdr)
+		return
+	}
+	st.connect(t, hdr)
+}
 
+// connect gets a pooled connection for the attempt (dialing one if need
+// be) and starts the attempt's upstream stream on it.
+func (st *relayStream) connect(t Target, hdr Header) {
 	cc, err := st.sc.srv.pool.acquire(st.ctx, t)
+	st.attach(cc, err, t, hdr)
+}
 
+// attach starts the attempt's upstream stream on cc (or fails the attempt
+// with err).
+func (st *relayStream) attach(cc *clientConn, err error, t Target, hdr Header) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if err != nil {
@@ -429,7 +452,7 @@ func (st *relayStream) upHeaders(cc *clientConn, uid uint32, f *http2.MetaHeader
 			st.res.Retried = true
 			st.detachLocked(http2.ErrCodeCancel)
 			st.endAttemptLocked(st.res)
-			go st.runAttempt(st.n + 1)
+			go st.runAttempt(st.n+1, false)
 			return
 		}
 		st.committed = true
@@ -584,7 +607,7 @@ func (st *relayStream) attemptFailedLocked(r Result) {
 	if st.h.Retry(st.n, &st.res, st.replayableLocked()) {
 		st.res.Retried = true
 		st.endAttemptLocked(st.res)
-		go st.runAttempt(st.n + 1)
+		go st.runAttempt(st.n+1, false)
 		return
 	}
 	st.endAttemptLocked(st.res)
