@@ -58,6 +58,12 @@ func (s *Sidecar) h2For(c *Cluster) *h2relay.Server {
 				cfg.MaxConcurrentStreams = 1<<31 - 1 // 0: unbounded, as Envoy's default
 			}
 		}
+		if lim.StreamIdleTimeout != nil {
+			cfg.StreamIdleTimeout = *lim.StreamIdleTimeout
+		}
+		if lim.MaxRequestsPerConnection != nil {
+			cfg.MaxStreamsPerConnection = *lim.MaxRequestsPerConnection
+		}
 		if lim.MaxRequestHeadersKB != nil {
 			cfg.MaxHeaderListSize = uint32(*lim.MaxRequestHeadersKB) << 10
 			if *lim.MaxRequestHeadersKB == 0 {

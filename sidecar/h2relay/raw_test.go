@@ -535,3 +535,39 @@ func TestGoAwayFromHandler(t *testing.T) {
 		t.Fatal("the stream that asked for the drain was not answered before the connection ended")
 	}
 }
+
+// TestStreamIdleTimeout: a stream with no frame either way for
+// StreamIdleTimeout ends with the handler's timeout reply.
+func TestStreamIdleTimeout(t *testing.T) {
+	up := fakeUpstream(t, silentUpstream)
+	h := &testHandler{addrs: []string{up}}
+	relay, _ := startRelay(t, Config{StreamIdleTimeout: 50 * time.Millisecond}, h)
+	c := dialRaw(t, relay)
+	if err := c.headers(1, true, getRequest...); err != nil {
+		t.Fatal(err)
+	}
+	f := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok }).(*http2.MetaHeadersFrame)
+	if got := Header(f.Fields).Get("grpc-status"); got != "4" {
+		t.Fatalf("reply %v, want the timeout reply (grpc-status 4)", f.Fields)
+	}
+	rs := h.results()
+	if len(rs) != 1 || !rs[0].Timeout || !errors.Is(rs[0].Err, ErrIdleTimeout) {
+		t.Fatalf("attempts %+v, want one ended by the idle timeout", rs)
+	}
+}
+
+// TestMaxStreamsPerConnection: the connection drains after its Nth stream.
+func TestMaxStreamsPerConnection(t *testing.T) {
+	up := fakeUpstream(t, answer204)
+	relay, _ := startRelay(t, Config{MaxStreamsPerConnection: 2}, &testHandler{addrs: []string{up}})
+	c := dialRaw(t, relay)
+	for _, id := range []uint32{1, 3} {
+		if err := c.headers(id, true, getRequest...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := c.goAway()
+	if g == nil || g.LastStreamID != 3 || g.ErrCode != http2.ErrCodeNo {
+		t.Fatalf("GOAWAY %v, want NO_ERROR after stream 3", g)
+	}
+}

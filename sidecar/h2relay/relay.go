@@ -34,6 +34,13 @@ type Config struct {
 	// acknowledgements, RST_STREAM) queued for a peer that does not read
 	// them; past it the connection is closed (default 1000).
 	MaxControlFrames int
+	// MaxStreamsPerConnection drains a downstream connection (GOAWAY) once
+	// it has opened that many streams (0: no limit).
+	MaxStreamsPerConnection int
+	// StreamIdleTimeout ends a stream that relays nothing either way for
+	// this long (0: off), as the deadline does: the handler's reply when no
+	// response started, else RST_STREAM CANCEL.
+	StreamIdleTimeout time.Duration
 	// IdleTimeout closes an upstream connection without streams this long
 	// (default 1 h).
 	IdleTimeout time.Duration
@@ -198,6 +205,7 @@ var (
 	ErrConnClosed    = errors.New("h2relay: upstream connection closed")
 	ErrGoAway        = errors.New("h2relay: upstream went away before processing the stream")
 	ErrTimeout       = errors.New("h2relay: upstream timeout")
+	ErrIdleTimeout   = errors.New("h2relay: stream idle timeout")
 	ErrCanceled      = errors.New("h2relay: downstream canceled the stream")
 	ErrReplayTooLong = errors.New("h2relay: request too long to replay")
 )

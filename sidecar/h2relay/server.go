@@ -62,6 +62,7 @@ type serverConn struct {
 	streams    map[uint32]*relayStream
 	recent     [closedRing]closedStream // recently closed streams
 	closedNext int
+	opened     int // streams taken
 	goingAway  bool
 	lastID     uint32 // the highest stream id the client opened
 
@@ -419,7 +420,12 @@ func (sc *serverConn) headers(f *http2.MetaHeadersFrame) error {
 	st = newRelayStream(sc, id, f)
 	sc.streams[id] = st
 	sc.openSendLocked(id)
+	sc.opened++
+	drain := sc.cfg.MaxStreamsPerConnection > 0 && sc.opened >= sc.cfg.MaxStreamsPerConnection
 	sc.mu.Unlock()
+	if drain {
+		sc.goAway() // this stream is the last one taken
+	}
 	st.open()
 	return nil
 }

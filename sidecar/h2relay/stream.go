@@ -18,13 +18,15 @@ type relayStream struct {
 	ctx    context.Context // canceled when the stream is over (abandons a dial)
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	h         Stream
-	replayMax int64
-	done      bool // over: nothing more is relayed
-	closed    bool // h.Close called
-	inAttempt bool // h.Attempt is running
-	deadline  *time.Timer
+	mu         sync.Mutex
+	h          Stream
+	replayMax  int64
+	done       bool // over: nothing more is relayed
+	closed     bool // h.Close called
+	inAttempt  bool // h.Attempt is running
+	deadline   *time.Timer
+	idle       *time.Timer // StreamIdleTimeout
+	lastActive int64       // unix nanoseconds of the last frame relayed
 
 	// request direction (downstream → upstream)
 	reqBufs     []*buf // [0:next) sent and kept for a replay, [next:] not sent yet
@@ -98,6 +100,10 @@ func (st *relayStream) open() {
 		return
 	}
 	st.replayMax = replayLimit(h)
+	if d := st.sc.cfg.StreamIdleTimeout; d > 0 {
+		st.lastActive = time.Now().UnixNano()
+		st.idle = time.AfterFunc(d, st.idleCheck)
+	}
 	if d := h.Deadline(); !d.IsZero() {
 		st.deadline = time.AfterFunc(time.Until(d), st.timeout)
 	}
@@ -345,6 +351,7 @@ func (st *relayStream) downData(p []byte, flowLen int, end bool) http2.ErrCode {
 		return http2.ErrCodeFlowControl
 	}
 	st.got += int64(len(p))
+	st.activeLocked()
 	if st.clen >= 0 && (st.got > st.clen || (end && st.got != st.clen)) {
 		return http2.ErrCodeProtocol
 	}
@@ -415,6 +422,7 @@ func (st *relayStream) upHeaders(cc *clientConn, uid uint32, f *http2.MetaHeader
 	if st.done || st.cc != cc || st.uid != uid {
 		return
 	}
+	st.activeLocked()
 	if st.gotHeader {
 		// Trailers.
 		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
@@ -489,6 +497,7 @@ func (st *relayStream) upData(cc *clientConn, uid uint32, p []byte, flowLen int,
 		return
 	}
 	st.upRecvWin -= int64(flowLen)
+	st.activeLocked()
 	if code := http2.ErrCodeProtocol; st.upRecvWin < 0 || !st.committed || st.respEnded {
 		if st.upRecvWin < 0 {
 			code = http2.ErrCodeFlowControl
@@ -578,13 +587,42 @@ func (st *relayStream) attemptTimeout(cc *clientConn, uid uint32) {
 func (st *relayStream) timeout() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.timeoutLocked(ErrTimeout)
+}
+
+// idleCheck ends a stream that relayed nothing either way for
+// StreamIdleTimeout, or re-arms for the rest of it.
+func (st *relayStream) idleCheck() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return
+	}
+	d := st.sc.cfg.StreamIdleTimeout
+	if since := time.Duration(time.Now().UnixNano() - st.lastActive); since < d {
+		st.idle.Reset(d - since)
+		return
+	}
+	st.timeoutLocked(ErrIdleTimeout)
+}
+
+// active notes traffic on the stream (the idle timeout's clock).
+func (st *relayStream) activeLocked() {
+	if st.idle != nil {
+		st.lastActive = time.Now().UnixNano()
+	}
+}
+
+// timeoutLocked ends the stream for a timeout: the handler's reply when no
+// response started, else RST_STREAM CANCEL.
+func (st *relayStream) timeoutLocked(err error) {
 	if st.done {
 		return
 	}
 	st.detachLocked(http2.ErrCodeCancel)
-	r := Result{Err: ErrTimeout, Timeout: true, Status: st.res.Status}
+	r := Result{Err: err, Timeout: true, Status: st.res.Status}
 	if st.attemptOpen {
-		st.res.Err, st.res.Timeout = ErrTimeout, true
+		st.res.Err, st.res.Timeout = err, true
 		st.endAttemptLocked(st.res)
 	}
 	if st.committed {
@@ -688,6 +726,9 @@ func (st *relayStream) finishLocked(completed bool) {
 	st.cancel()
 	if st.deadline != nil {
 		st.deadline.Stop()
+	}
+	if st.idle != nil {
+		st.idle.Stop()
 	}
 	st.detachLocked(http2.ErrCodeCancel)
 	for i, b := range st.reqBufs {
