@@ -316,13 +316,9 @@ func formatGRPCTimeout(d time.Duration) string {
 func (st *h2Stream) Deadline() time.Time { return st.dl }
 
 // ReplayLimit is retry_policy.max_buffer_bytes: what is kept of a request
-// for a retry.
-func (st *h2Stream) ReplayLimit() int64 {
-	if st.up.t.retry.numRetries == 0 {
-		return 1 << 20 // no retry policy: only streams an upstream never processed are replayed
-	}
-	return st.up.t.retry.maxBuffer
-}
+// for a retry (or, without retries, for a stream an upstream never
+// processed).
+func (st *h2Stream) ReplayLimit() int64 { return st.up.t.retry.maxBuffer }
 
 // Attempt picks attempt n's endpoint behind the breaker (a retry after its
 // backoff) and sets the headers the sidecar adds.
