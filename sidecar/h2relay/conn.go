@@ -112,6 +112,7 @@ type conn struct {
 	send        map[uint32]*sendState
 	parkedIDs   []uint32
 	parkedSpare []uint32
+	waiting     int // DATA items queued or parked, not yet written
 	writeDone   chan struct{}
 	writeErr    error
 
@@ -166,11 +167,71 @@ func (c *conn) enqueueLocked(items ...item) bool {
 		switch it.kind {
 		case kRST, kPing, kSettingsAck:
 			c.control++
+		case kData:
+			c.waiting++
 		}
 	}
 	c.q = append(c.q, items...)
 	c.signal()
 	return true
+}
+
+// enqueueData queues a DATA item, appending it to the stream's last DATA
+// item still waiting (queued, or parked for window) when that has room: a
+// peer sending tiny frames costs the relay bytes, not a buffer per frame.
+// Past MaxQueuedFrames waiting DATA frames the connection is closed (its
+// peer does not read: Envoy's max_outbound_frames).
+func (c *conn) enqueueData(it item) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		it.b.release()
+		return false
+	}
+	if tail := c.tailDataLocked(it.id); tail != nil && tail.kind == kData && !tail.end && tail.lim == 0 &&
+		tail.st == it.st && tail.toUp == it.toUp && tail.b.refs.Load() == 1 && tail.b.n < frameSize {
+		k := copy(tail.b.b[tail.b.n:], it.b.b[it.off:it.b.n])
+		tail.b.n += k
+		it.off += k
+		if it.dataLen() == 0 {
+			tail.end = it.end
+			it.b.release()
+			return true
+		}
+		// The rest goes in the item's own buffer, after the tail, moved to
+		// its start so that later frames can fill it.
+		it.b.n = copy(it.b.b[:], it.b.b[it.off:it.b.n])
+		it.off = 0
+	}
+	c.waiting++
+	if c.waiting > c.cfg.MaxQueuedFrames {
+		c.cfg.Log("closing HTTP/2 connection: DATA frames pile up unread", "remote", c.nc.RemoteAddr().String(), "frames", c.waiting)
+		it.b.release()
+		c.closed = true
+		c.signal()
+		_ = c.nc.Close()
+		return false
+	}
+	c.q = append(c.q, it)
+	c.signal()
+	return true
+}
+
+// tailDataLocked is the last item waiting for stream id, when that is
+// known cheaply: the queue's last when it is the stream's, or with an
+// empty queue the stream's last parked one (nil otherwise: a queued item
+// of the stream may follow its parked ones).
+func (c *conn) tailDataLocked(id uint32) *item {
+	if n := len(c.q); n > 0 {
+		if c.q[n-1].id == id {
+			return &c.q[n-1]
+		}
+		return nil
+	}
+	if s := c.send[id]; s != nil && len(s.parked) > 0 {
+		return &s.parked[len(s.parked)-1]
+	}
+	return nil
 }
 
 func (c *conn) signal() {
@@ -202,6 +263,7 @@ func (c *conn) closeSendLocked(id uint32) {
 	for _, it := range s.parked {
 		if it.b != nil {
 			it.b.release()
+			c.waiting--
 		}
 	}
 	delete(c.send, id)
@@ -315,6 +377,7 @@ func (c *conn) writeLoop() {
 
 		credits = credits[:0]
 		ended = ended[:0]
+		nData := 0
 		var err error
 		for i := range out {
 			it := &out[i]
@@ -326,6 +389,7 @@ func (c *conn) writeLoop() {
 			}
 			switch it.kind {
 			case kData:
+				nData++
 				if it.st != nil && err == nil {
 					credits = append(credits, item{st: it.st, toUp: it.toUp, incr: uint32(it.dataLen())})
 				}
@@ -341,8 +405,9 @@ func (c *conn) writeLoop() {
 		if err == nil {
 			err = c.bw.Flush()
 		}
-		if len(ended) > 0 {
+		if len(ended) > 0 || nData > 0 {
 			c.mu.Lock()
+			c.waiting -= nData
 			for _, id := range ended {
 				c.closeSendLocked(id)
 			}
@@ -375,6 +440,7 @@ func (c *conn) scheduleLocked(out []item, it item) []item {
 		// (a local reply) still goes out.
 		if it.kind == kData {
 			it.b.release()
+			c.waiting--
 			return out
 		}
 		return append(out, it)
@@ -414,6 +480,7 @@ func (c *conn) sendOrParkLocked(out []item, s *sendState, it item) []item {
 	s.window -= w
 	c.sendWindow -= w
 	it.b.retain()
+	c.waiting++ // the head is one more item
 	head := it
 	head.end = false
 	head.lim = it.off + int(w)

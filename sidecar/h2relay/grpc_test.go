@@ -577,3 +577,45 @@ func TestGRPCConnectFailureRetried(t *testing.T) {
 }
 
 type hpackField = hpack.HeaderField
+
+// TestGRPCSlowReaderBounded: a grpc-go client reading a 16 MiB server
+// stream message by message (its windows fixed at 64 KiB, so BDP probing
+// does not open them) never has the relay hold more than a stream window
+// of DATA; the upstream waits for the relay instead.
+func TestGRPCSlowReaderBounded(t *testing.T) {
+	_, addr := startBackend(t, "a")
+	const window = 128 << 10
+	relay, _ := startRelay(t, Config{StreamWindow: window}, &testHandler{addrs: []string{addr}})
+	c := dialGRPC(t, relay, grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	base := BufferedBytes()
+	var params []*testpb.ResponseParameters
+	for i := 0; i < 512; i++ {
+		params = append(params, &testpb.ResponseParameters{Size: 32 << 10})
+	}
+	s, err := c.StreamingOutputCall(testCtx(t), &testpb.StreamingOutputCallRequest{ResponseParameters: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxHeld int64
+	n := 0
+	for {
+		_, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if held := BufferedBytes() - base; held > maxHeld {
+			maxHeld = held
+		}
+	}
+	if n != len(params) {
+		t.Fatalf("%d messages, want %d", n, len(params))
+	}
+	if maxHeld > window+2*frameSize {
+		t.Fatalf("the relay held up to %d bytes of DATA for one stream, want at most its window (%d)", maxHeld, window)
+	}
+	t.Logf("16 MiB streamed; the relay held at most %d bytes (stream window %d)", maxHeld, window)
+}

@@ -377,7 +377,12 @@ func TestGoAwayUnprocessedRetried(t *testing.T) {
 // stop sending once the relay holds one stream window: the relay opens the
 // upstream's window only as the client drains it.
 func TestSlowReaderBounded(t *testing.T) {
-	const total = 8 << 20
+	t.Run("16KiB frames", func(t *testing.T) { testSlowReader(t, frameSize, 8<<20) })
+	// A peer sending tiny frames costs the relay bytes, not a buffer each.
+	t.Run("1-byte frames", func(t *testing.T) { testSlowReader(t, 1, 256<<10) })
+}
+
+func testSlowReader(t *testing.T, frame int, total int64) {
 	const window = 128 << 10
 	type blocked struct{ sent int64 }
 	blocks := make(chan blocked, 100)
@@ -405,7 +410,7 @@ func TestSlowReaderBounded(t *testing.T) {
 				}
 			}
 		}()
-		buf := make([]byte, frameSize)
+		buf := make([]byte, frame)
 		for f := range frames {
 			switch f := f.(type) {
 			case *http2.MetaHeadersFrame:
@@ -472,8 +477,8 @@ func TestSlowReaderBounded(t *testing.T) {
 	}
 	t.Logf("slow reader: upstream blocked after %d bytes; relay holds %d bytes (stream window %d)", b.sent, held, window)
 	// Now read everything.
-	c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, total) })
-	c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(1, total) })
+	c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(total)) })
+	c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(1, uint32(total)) })
 	var got int
 	for {
 		f := c.next(func(f http2.Frame) bool { _, ok := f.(*http2.DataFrame); return ok }).(*http2.DataFrame)
@@ -482,7 +487,7 @@ func TestSlowReaderBounded(t *testing.T) {
 			break
 		}
 	}
-	if got != total {
+	if int64(got) != total {
 		t.Fatalf("received %d bytes, want %d", got, total)
 	}
 }

@@ -41,6 +41,10 @@ type Config struct {
 	// this long (0: off), as the deadline does: the handler's reply when no
 	// response started, else RST_STREAM CANCEL.
 	StreamIdleTimeout time.Duration
+	// MaxQueuedFrames bounds the DATA frames waiting to be written to one
+	// peer (for its window or its socket) before the connection is closed
+	// as not reading (default 10000, Envoy's max_outbound_frames).
+	MaxQueuedFrames int
 	// IdleTimeout closes an upstream connection without streams this long
 	// (default 1 h).
 	IdleTimeout time.Duration
@@ -69,6 +73,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxRapidResets == 0 {
 		c.MaxRapidResets = 2 * int(c.MaxConcurrentStreams)
+	}
+	if c.MaxQueuedFrames == 0 {
+		c.MaxQueuedFrames = 10000
 	}
 	if c.MaxControlFrames == 0 {
 		c.MaxControlFrames = 1000

@@ -233,7 +233,9 @@ func (st *relayStream) pumpLocked() {
 	}
 	for st.next < len(st.reqBufs) {
 		b := st.reqBufs[st.next]
-		if st.retain && st.retained+int64(b.n) > st.replayMax {
+		// Kept buffers count whole (a peer sending tiny frames must not make
+		// the replay hold a buffer per byte).
+		if st.retain && st.retained+frameSize > st.replayMax {
 			st.dropRetainedLocked()
 			continue
 		}
@@ -250,7 +252,7 @@ func (st *relayStream) pumpLocked() {
 		}
 		if st.retain {
 			b.retain()
-			st.retained += int64(b.n)
+			st.retained += frameSize
 		} else {
 			st.reqBufs[st.next] = nil
 			st.lost = true
@@ -260,7 +262,7 @@ func (st *relayStream) pumpLocked() {
 		if it.end {
 			st.reqEndSent = true
 		}
-		cc.enqueue(it)
+		cc.enqueueData(it)
 	}
 	if !st.retain && st.next > 0 {
 		st.reqBufs = st.reqBufs[:0]
@@ -362,7 +364,17 @@ func (st *relayStream) downData(p []byte, flowLen int, end bool) http2.ErrCode {
 		return 0
 	}
 	if len(p) > 0 {
-		st.reqBufs = append(st.reqBufs, getBuf(p))
+		// A small frame joins the last one not sent yet: what the relay
+		// holds is bounded by the window in bytes, not in frames.
+		if k := len(st.reqBufs); k > st.next {
+			last := st.reqBufs[k-1]
+			n := copy(last.b[last.n:], p)
+			last.n += n
+			p = p[n:]
+		}
+		if len(p) > 0 {
+			st.reqBufs = append(st.reqBufs, getBuf(p))
+		}
 	}
 	if end {
 		st.reqEnded = true
@@ -515,7 +527,7 @@ func (st *relayStream) upData(cc *clientConn, uid uint32, p []byte, flowLen int,
 		st.upCredit += uint32(pad)
 	}
 	if len(p) > 0 || end {
-		st.sc.enqueue(item{kind: kData, id: st.id, b: getBuf(p), end: end, st: st})
+		st.sc.enqueueData(item{kind: kData, id: st.id, b: getBuf(p), end: end, st: st})
 	}
 	if end {
 		st.respEnded = true
