@@ -567,6 +567,11 @@ func (c *conn) write(it *item) error {
 func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
 	c.hb.Reset()
 	for _, f := range fields {
+		if perRequest(f.Name) {
+			// A value new on every request would only churn the dynamic
+			// table, evicting the fields that repeat.
+			f.Sensitive = true
+		}
 		if err := c.enc.WriteField(f); err != nil {
 			return err
 		}
@@ -634,4 +639,15 @@ func (c *conn) readFrame() (f http2.Frame, wu windowFrame, err error) {
 		return nil, wu, http2.StreamError{StreamID: fh.StreamID, Code: http2.ErrCodeProtocol}
 	}
 	return nil, windowFrame{streamID: fh.StreamID, incr: incr, ok: true}, nil
+}
+
+// perRequest reports a field whose value differs on every request (ids,
+// trace context, a remaining timeout): encoded without indexing.
+func perRequest(name string) bool {
+	switch name {
+	case "x-request-id", "traceparent", "tracestate", "grpc-timeout",
+		"b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid":
+		return true
+	}
+	return false
 }
