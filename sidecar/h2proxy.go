@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"weak"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http2/hpack"
@@ -31,23 +33,24 @@ import (
 // retries, timeouts, outlier feedback, metrics, spans, authorization,
 // access log).
 
-// h2Engines holds each cluster's relay, made once (removed with nothing:
-// a cluster lives as long as the sidecar or its reload generation, and an
-// idle pool holds no goroutine once its upstream connections close).
+// h2Engines holds each cluster's relay, made once. The key is weak: once a
+// cluster is gone (a reload retired it and its last stream ended), its
+// entry goes and its pool's connections close.
 var h2Engines struct {
 	mu sync.Mutex
-	m  map[*Cluster]*h2relay.Server
+	m  map[weak.Pointer[Cluster]]*h2relay.Server
 }
 
 // h2For returns the cluster's HTTP/2 relay and upstream pool, made once.
 func (s *Sidecar) h2For(c *Cluster) *h2relay.Server {
+	key := weak.Make(c)
 	h2Engines.mu.Lock()
 	defer h2Engines.mu.Unlock()
-	if srv := h2Engines.m[c]; srv != nil {
+	if srv := h2Engines.m[key]; srv != nil {
 		return srv
 	}
 	if h2Engines.m == nil {
-		h2Engines.m = map[*Cluster]*h2relay.Server{}
+		h2Engines.m = map[weak.Pointer[Cluster]]*h2relay.Server{}
 	}
 	lim := s.config().Limits
 	cfg := h2relay.Config{IdleTimeout: c.upstream().IdleTimeout}
@@ -77,7 +80,16 @@ func (s *Sidecar) h2For(c *Cluster) *h2relay.Server {
 	c.mu.Lock()
 	c.onRemoved = append(c.onRemoved, srv.Pool().CloseIdle) // removed hosts free their connections
 	c.mu.Unlock()
-	h2Engines.m[c] = srv
+	h2Engines.m[key] = srv
+	runtime.AddCleanup(c, func(key weak.Pointer[Cluster]) {
+		h2Engines.mu.Lock()
+		srv := h2Engines.m[key]
+		delete(h2Engines.m, key)
+		h2Engines.mu.Unlock()
+		if srv != nil {
+			srv.Pool().Close()
+		}
+	}, key)
 	return srv
 }
 
