@@ -246,6 +246,7 @@ func (s *h1Server) serveConn(rwc net.Conn) {
 	c.w.hdr = http.Header{}
 	c.head.Reset()
 	if c.isH2Preface() {
+		c.state.Store(connActive) // its streams drain by GOAWAY, not by closing it as idle
 		s.h2(c.ctx, &replayConn{Conn: rwc, r: c.br})
 		return
 	}

@@ -443,6 +443,11 @@ func (st *h2Stream) kind(r *h2relay.Result) failKind {
 	case r.Unprocessed:
 		return failRefusedStream
 	}
+	if !st.dl.IsZero() && !time.Now().Before(st.dl) {
+		// The upstream saw the same deadline (we sent it grpc-timeout)
+		// and reset the stream before our timer ran: still a timeout.
+		return failTimeout
+	}
 	return failReset
 }
 

@@ -88,9 +88,7 @@ func (s *Sidecar) serveCluster(c *Cluster, ln net.Listener) *h1Server {
 		return nil
 	}
 	srv := newHTTPServer(s.handlerFor(c), s.cfg.Limits, c.log)
-	if c.cfg.Protocol == "grpc" {
-		s.useH2Relay(srv, c) // HTTP/2 by the frame relay (h2proxy.go)
-	}
+	s.useH2Relay(srv, c) // HTTP/2 (h2c, ALPN h2) by the frame relay (h2proxy.go)
 	s.clMu.Lock()
 	s.servers = append(s.servers, srv)
 	s.lnServer[ln] = srv
