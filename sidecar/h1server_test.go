@@ -227,13 +227,12 @@ func TestMalformedResponseIs502(t *testing.T) {
 	}
 }
 
-// A chunked request body is checked and relayed (its trailers are read
-// and checked; ReverseProxy does not forward request trailers, as before).
+// A chunked request body is checked and relayed, its trailers with it.
 func TestChunkedRequestRelayed(t *testing.T) {
 	got := make(chan string, 1)
 	b := startBackend(t, "b1", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		got <- string(body)
+		got <- string(body) + "|" + r.Trailer.Get("X-Sum")
 	})
 	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
 	resp, _, _ := rawExchange(t, s.UpstreamAddr("api"),
@@ -241,7 +240,7 @@ func TestChunkedRequestRelayed(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if g := <-got; g != "hello world" {
+	if g := <-got; g != "hello world|11" {
 		t.Fatalf("backend got %q", g)
 	}
 }
