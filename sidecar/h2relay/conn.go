@@ -358,21 +358,33 @@ func (c *conn) writeLoop() {
 			return
 		}
 		out = out[:0]
-		if c.unpark {
-			c.unpark = false
-			out = c.unparkLocked(out)
-		}
+		// Connection frames first (a SETTINGS acknowledgement goes out
+		// before DATA its new window released: a peer may wait for the
+		// ACK before it reads on), then the streams' frames in order (one
+		// of a stream with parked frames parks behind them), then what
+		// the windows now release.
 		batch := c.q
 		c.q = c.spare[:0]
 		closing := false
+		for _, it := range batch {
+			if it.id == 0 && it.kind != kFlushClose {
+				out = c.scheduleLocked(out, it)
+			}
+		}
 		for _, it := range batch {
 			if it.kind == kFlushClose {
 				closing = true
 				continue
 			}
-			out = c.scheduleLocked(out, it)
+			if it.id != 0 {
+				out = c.scheduleLocked(out, it)
+			}
 		}
 		c.spare = batch[:0]
+		if c.unpark {
+			c.unpark = false
+			out = c.unparkLocked(out)
+		}
 		c.mu.Unlock()
 
 		credits = credits[:0]

@@ -373,6 +373,11 @@ func (sc *serverConn) headers(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	if st != nil {
+		if st.endedNormally() {
+			// Both sides ended it (our END_STREAM may have reached the
+			// client before the stream was forgotten): it is closed.
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		}
 		// Trailers: they end the request and carry no pseudo fields.
 		if st.requestEnded() {
 			sc.abortStream(id, http2.ErrCodeStreamClosed) // half-closed (remote)

@@ -308,6 +308,14 @@ func (st *relayStream) requestEnded() bool {
 	return st.reqEnded
 }
 
+// endedNormally reports a stream both sides have ended (its END_STREAM
+// may be on the wire before the connection forgets the stream).
+func (st *relayStream) endedNormally() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.reqEnded && st.respEnded && st.reqEndSent
+}
+
 // creditDownLocked gives the downstream back n bytes of window.
 func (st *relayStream) creditDownLocked(n uint32) {
 	if st.done || st.reqEnded {
@@ -443,8 +451,8 @@ func (st *relayStream) upHeaders(cc *clientConn, uid uint32, f *http2.MetaHeader
 			return
 		}
 		st.res.Trailer = f.Fields
+		st.respEnded = true // before the frame can reach the client (endedNormally)
 		st.sc.enqueue(item{kind: kHeaders, id: st.id, fields: responseFields(f.Fields), end: true})
-		st.respEnded = true
 		st.maybeFinishLocked()
 		return
 	}
@@ -478,9 +486,11 @@ func (st *relayStream) upHeaders(cc *clientConn, uid uint32, f *http2.MetaHeader
 		st.committed = true
 		st.dropRetainedLocked()
 	}
+	if f.StreamEnded() {
+		st.respEnded = true // before the frame can reach the client (endedNormally)
+	}
 	st.sc.enqueue(item{kind: kHeaders, id: st.id, fields: responseFields(f.Fields), end: f.StreamEnded()})
 	if f.StreamEnded() {
-		st.respEnded = true
 		st.maybeFinishLocked()
 	}
 }
@@ -526,11 +536,13 @@ func (st *relayStream) upData(cc *clientConn, uid uint32, p []byte, flowLen int,
 	if pad := flowLen - len(p); pad > 0 {
 		st.upCredit += uint32(pad)
 	}
+	if end {
+		st.respEnded = true // before the frame can reach the client (endedNormally)
+	}
 	if len(p) > 0 || end {
 		st.sc.enqueueData(item{kind: kData, id: st.id, b: getBuf(p), end: end, st: st})
 	}
 	if end {
-		st.respEnded = true
 		st.maybeFinishLocked()
 	}
 }
