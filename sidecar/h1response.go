@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sidemesh/sidemesh/sidecar/http1"
 )
 
 // h1response is the engine's http.ResponseWriter: the head goes out with
@@ -251,7 +253,7 @@ func appendFields(b []byte, h http.Header, w *h1response) []byte {
 		for _, v := range vv {
 			b = append(b, k...)
 			b = append(b, ": "...)
-			b = appendValue(b, v)
+			b = http1.AppendValue(b, v)
 			b = append(b, "\r\n"...)
 		}
 	}
@@ -269,7 +271,7 @@ func appendTrailers(b []byte, h http.Header) []byte {
 			for _, v := range h[k] {
 				b = append(b, k...)
 				b = append(b, ": "...)
-				b = appendValue(b, v)
+				b = http1.AppendValue(b, v)
 				b = append(b, "\r\n"...)
 			}
 		}
@@ -281,20 +283,9 @@ func appendTrailers(b []byte, h http.Header) []byte {
 		for _, v := range vv {
 			b = append(b, k[len(http.TrailerPrefix):]...)
 			b = append(b, ": "...)
-			b = appendValue(b, v)
+			b = http1.AppendValue(b, v)
 			b = append(b, "\r\n"...)
 		}
-	}
-	return b
-}
-
-func appendValue(b []byte, v string) []byte {
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if c == '\r' || c == '\n' {
-			c = ' '
-		}
-		b = append(b, c)
 	}
 	return b
 }

@@ -481,16 +481,7 @@ func (c *h1conn) refuse(status int, reason string) {
 // request are the connection's, reused request after request.
 func (c *h1conn) request(raw []byte) (*http.Request, error) {
 	h := &c.head
-	all := string(raw)
-	sub := func(b []byte) string {
-		if len(b) == 0 {
-			return ""
-		}
-		if o := cap(raw) - cap(b); o >= 0 && o+len(b) <= len(raw) && &raw[o] == &b[0] {
-			return all[o : o+len(b)] // b is raw[o:…]: no copy
-		}
-		return string(b)
-	}
+	sub := http1.NewStrings(raw).Of
 	target := sub(h.Target)
 	c.url = url.URL{}
 	host := sub(h.Host)

@@ -19,12 +19,7 @@ import (
 // reset and not still open after the response).
 func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hang fails the test, not the run
+	conn := dialRaw(t, addr)
 	go func() { _, _ = io.WriteString(conn, raw) }()
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
@@ -37,6 +32,19 @@ func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) 
 	}
 	_, err = br.ReadByte()
 	return resp, string(body), errors.Is(err, io.EOF)
+}
+
+// dialRaw opens a raw connection to addr, closed when the test ends, with
+// a deadline so that a hang fails the test rather than the run.
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	return conn
 }
 
 // The hostile requests of the HTTP/1.1 engine's issue, on an upstream
@@ -96,12 +104,7 @@ func TestHostileRequestsAnswered(t *testing.T) {
 func TestRequestHeadersTimeout(t *testing.T) {
 	b := startBackend(t, "b1", nil)
 	s, _ := startSidecar(t, oneUpstream+"limits: {request_headers_timeout: 100ms}\n", endpointsYAML("api", b.addr, 1))
-	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialRaw(t, s.UpstreamAddr("api"))
 	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: api\r\nX-Slow: "); err != nil {
 		t.Fatal(err)
 	}
@@ -147,12 +150,7 @@ func TestOwnHeadersSurviveConnection(t *testing.T) {
 func TestMaxRequestsPerConnection(t *testing.T) {
 	b := startBackend(t, "b1", nil)
 	s, _ := startSidecar(t, oneUpstream+"limits: {max_requests_per_connection: 2}\n", endpointsYAML("api", b.addr, 1))
-	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialRaw(t, s.UpstreamAddr("api"))
 	br := bufio.NewReader(conn)
 	for i := 1; i <= 2; i++ {
 		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
@@ -262,12 +260,7 @@ func TestStreamedResponseFlushed(t *testing.T) {
 		_, _ = io.WriteString(w, "data: second\n\n")
 	})
 	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
-	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialRaw(t, s.UpstreamAddr("api"))
 	_, _ = io.WriteString(conn, "GET /events HTTP/1.1\r\nHost: api\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
@@ -291,12 +284,7 @@ func TestHeadThenGetOnOneConnection(t *testing.T) {
 		}
 	})
 	s, _ := startSidecar(t, oneUpstream, endpointsYAML("api", b.addr, 1))
-	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialRaw(t, s.UpstreamAddr("api"))
 	_, _ = io.WriteString(conn, "HEAD / HTTP/1.1\r\nHost: api\r\n\r\nGET / HTTP/1.1\r\nHost: api\r\n\r\n")
 	br := bufio.NewReader(conn)
 	head, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
@@ -369,12 +357,7 @@ func TestShutdownClosesStuckConnections(t *testing.T) {
 func TestStreamIdleTimeoutOnBody(t *testing.T) {
 	b := startBackend(t, "b1", nil)
 	s, _ := startSidecar(t, oneUpstream+"limits: {stream_idle_timeout: 100ms}\n", endpointsYAML("api", b.addr, 1))
-	conn, err := net.Dial("tcp", s.UpstreamAddr("api"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialRaw(t, s.UpstreamAddr("api"))
 	if _, err := io.WriteString(conn, "POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\nab"); err != nil {
 		t.Fatal(err)
 	}

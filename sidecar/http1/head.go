@@ -135,11 +135,7 @@ func HeadEnd(buf []byte, from int) int {
 // ParseRequest parses the request head buf (as HeadEnd delimited it) into
 // h. The request-target is checked for bytes, not resolved.
 func ParseRequest(buf []byte, h *Head, lim Limits) error {
-	h.Reset()
-	if lim.MaxHeaderBytes > 0 && len(buf) > lim.MaxHeaderBytes {
-		return errorf(http.StatusRequestHeaderFieldsTooLarge, "request head larger than %d bytes", lim.MaxHeaderBytes)
-	}
-	line, rest, err := nextLine(buf)
+	line, rest, err := h.start(buf, lim, "request")
 	if err != nil {
 		return err
 	}
@@ -175,11 +171,7 @@ func ParseRequest(buf []byte, h *Head, lim Limits) error {
 // ParseResponse parses the response head buf into h. A proxy answers 502
 // for any error (Status says what a server would have answered).
 func ParseResponse(buf []byte, h *Head, lim Limits) error {
-	h.Reset()
-	if lim.MaxHeaderBytes > 0 && len(buf) > lim.MaxHeaderBytes {
-		return errorf(http.StatusRequestHeaderFieldsTooLarge, "response head larger than %d bytes", lim.MaxHeaderBytes)
-	}
-	line, rest, err := nextLine(buf)
+	line, rest, err := h.start(buf, lim, "response")
 	if err != nil {
 		return err
 	}
@@ -208,6 +200,50 @@ func ParseResponse(buf []byte, h *Head, lim Limits) error {
 		}
 	}
 	return h.parseFields(rest, lim, false)
+}
+
+// start resets h, checks the head's size and splits off its first line.
+func (h *Head) start(buf []byte, lim Limits, what string) (line, rest []byte, err error) {
+	h.Reset()
+	if lim.MaxHeaderBytes > 0 && len(buf) > lim.MaxHeaderBytes {
+		return nil, nil, errorf(http.StatusRequestHeaderFieldsTooLarge, "%s head larger than %d bytes", what, lim.MaxHeaderBytes)
+	}
+	return nextLine(buf)
+}
+
+// Strings gives the fields of a head as strings without a copy each: all
+// of them are substrings of one copy of the head's bytes.
+type Strings struct {
+	raw []byte
+	all string
+}
+
+// NewStrings copies raw (the buffer a head was parsed from) once.
+func NewStrings(raw []byte) Strings { return Strings{raw: raw, all: string(raw)} }
+
+// Of returns b (a slice of the head) as a string: a substring of the copy
+// when b lies in raw (checked by address), a copy of its own otherwise.
+func (s Strings) Of(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if o := cap(s.raw) - cap(b); o >= 0 && o+len(b) <= len(s.raw) && &s.raw[o] == &b[0] {
+		return s.all[o : o+len(b)]
+	}
+	return string(b)
+}
+
+// AppendValue appends a field value with CR and LF made spaces, so that a
+// value can never split a head.
+func AppendValue(b []byte, v string) []byte {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c == '\r' || c == '\n' {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	return b
 }
 
 // parseFields parses the header section and applies the framing rules.

@@ -44,7 +44,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		for _, v := range vv {
 			b = append(b, k...)
 			b = append(b, ": "...)
-			b = appendValue(b, v)
+			b = http1.AppendValue(b, v)
 			b = append(b, "\r\n"...)
 		}
 	}
@@ -99,7 +99,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		for _, v := range vv {
 			b = append(b, k...)
 			b = append(b, ": "...)
-			b = appendValue(b, v)
+			b = http1.AppendValue(b, v)
 			b = append(b, "\r\n"...)
 		}
 	}
@@ -138,33 +138,12 @@ func noEscape(p string) bool {
 	return true
 }
 
-// appendValue appends v with CR and LF made spaces (no header injection).
-func appendValue(b []byte, v string) []byte {
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if c == '\r' || c == '\n' {
-			c = ' '
-		}
-		b = append(b, c)
-	}
-	return b
-}
-
 // response builds the *http.Response of the head checked in pc.head
 // (raw: its bytes, still in br) and its body reader. Every string is a
 // substring of one copy of the head.
 func response(pc *pconn, br *bufio.Reader, raw []byte, req *http.Request) *http.Response {
 	h := &pc.head
-	all := string(raw)
-	sub := func(b []byte) string {
-		if len(b) == 0 {
-			return ""
-		}
-		if o := cap(raw) - cap(b); o >= 0 && o+len(b) <= len(raw) && &raw[o] == &b[0] {
-			return all[o : o+len(b)] // b is raw[o:…]: no copy
-		}
-		return string(b)
-	}
+	sub := http1.NewStrings(raw).Of
 	hdr := make(http.Header, len(h.Fields))
 	vals := make([]string, 0, len(h.Fields)) // one backing array for the values
 	var trailer http.Header
