@@ -182,6 +182,15 @@ func (m *meshMesh) viaWeb(path string) (int, string, http.Header, error) {
 	return resp.StatusCode, string(b), resp.Header, err
 }
 
+// h2cClient speaks HTTP/2 with prior knowledge, dialing from inside the pod.
+func (p *meshPod) h2cClient(t *testing.T) *http.Client {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{DialContext: p.pod.DialContext, Protocols: &protos}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Timeout: 10 * time.Second, Transport: tr}
+}
+
 func (m *meshMesh) apiInbound() string { return m.api.pod.Addr(meshInbound) }
 
 // dialAPI opens a TLS connection to api's inbound from the outsider pod.
@@ -385,6 +394,21 @@ func TestMTLSIntentionsAcrossPods(t *testing.T) {
 		code, body, hdr, err := m.viaWeb("/x")
 		if err != nil || code != 403 || hdr.Get("x-sidemesh-local-reply") != "true" || !strings.Contains(body, "/svc/web") || !strings.Contains(body, "api") {
 			t.Fatalf("denied request: %d %q %v %v", code, body, hdr, err)
+		}
+	}
+	// The same over HTTP/2: h2c to web's outbound, the frame relay both
+	// sides, h2 by ALPN over mTLS to api's inbound, where the relay checks
+	// the caller's identity on each stream.
+	h2 := m.web.h2cClient(t)
+	for range 3 {
+		resp, err := h2.Get(fmt.Sprintf("http://127.0.0.1:%d/x", meshOutbound))
+		if err != nil {
+			t.Fatalf("denied HTTP/2 request: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != 403 || resp.Header.Get("x-sidemesh-local-reply") != "true" || !strings.Contains(string(body), "/svc/web") {
+			t.Fatalf("denied HTTP/2 request: HTTP/%d %d %q %v", resp.ProtoMajor, resp.StatusCode, body, resp.Header)
 		}
 	}
 	if n := m.api.appHits.Load() - before; n != 0 {
