@@ -15,12 +15,13 @@ import (
 	"google.golang.org/grpc"
 )
 
-// handlers serves ADS and CDS/EDS/LDS/RDS, state of the world and delta,
-// on go-control-plane's sotw and delta stream handlers.
+// handlers serves ADS and CDS/EDS/LDS/RDS: state of the world on
+// go-control-plane's sotw stream handler and its snapshot caches, delta on
+// our own handler (deltaServer, delta.go).
 //
 // go-control-plane's pkg/server/v3 does the same, but it also links the
 // rate-limit config service, which lives in a separate module
-// (go-control-plane/ratelimit) that is not in our go.mod; the two stream
+// (go-control-plane/ratelimit) that is not in our go.mod; the stream
 // handlers are all the five services need. The REST Fetch methods answer
 // Unimplemented.
 type handlers struct {
@@ -31,7 +32,7 @@ type handlers struct {
 	routeservice.UnimplementedRouteDiscoveryServiceServer
 
 	sotw  sotwv3.Server
-	delta deltav3.Server
+	delta *deltaServer
 }
 
 type callbacks interface {
@@ -39,8 +40,8 @@ type callbacks interface {
 	deltav3.Callbacks
 }
 
-func newHandlers(ctx context.Context, c cache.Cache, cb callbacks) *handlers {
-	return &handlers{sotw: sotwv3.NewServer(ctx, c, cb), delta: deltav3.NewServer(ctx, c, cb)}
+func newHandlers(ctx context.Context, c cache.Cache, cb callbacks, delta *deltaServer) *handlers {
+	return &handlers{sotw: sotwv3.NewServer(ctx, c, cb), delta: delta}
 }
 
 func (h *handlers) register(g *grpc.Server) {
@@ -56,7 +57,7 @@ func (h *handlers) StreamAggregatedResources(s discoveryv3.AggregatedDiscoverySe
 }
 
 func (h *handlers) DeltaAggregatedResources(s discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
-	return h.delta.DeltaStreamHandler(s, resource.AnyType)
+	return h.delta.handle(s, resource.AnyType)
 }
 
 func (h *handlers) StreamClusters(s clusterservice.ClusterDiscoveryService_StreamClustersServer) error {
@@ -64,7 +65,7 @@ func (h *handlers) StreamClusters(s clusterservice.ClusterDiscoveryService_Strea
 }
 
 func (h *handlers) DeltaClusters(s clusterservice.ClusterDiscoveryService_DeltaClustersServer) error {
-	return h.delta.DeltaStreamHandler(s, resource.ClusterType)
+	return h.delta.handle(s, resource.ClusterType)
 }
 
 func (h *handlers) StreamEndpoints(s endpointservice.EndpointDiscoveryService_StreamEndpointsServer) error {
@@ -72,7 +73,7 @@ func (h *handlers) StreamEndpoints(s endpointservice.EndpointDiscoveryService_St
 }
 
 func (h *handlers) DeltaEndpoints(s endpointservice.EndpointDiscoveryService_DeltaEndpointsServer) error {
-	return h.delta.DeltaStreamHandler(s, resource.EndpointType)
+	return h.delta.handle(s, resource.EndpointType)
 }
 
 func (h *handlers) StreamListeners(s listenerservice.ListenerDiscoveryService_StreamListenersServer) error {
@@ -80,7 +81,7 @@ func (h *handlers) StreamListeners(s listenerservice.ListenerDiscoveryService_St
 }
 
 func (h *handlers) DeltaListeners(s listenerservice.ListenerDiscoveryService_DeltaListenersServer) error {
-	return h.delta.DeltaStreamHandler(s, resource.ListenerType)
+	return h.delta.handle(s, resource.ListenerType)
 }
 
 func (h *handlers) StreamRoutes(s routeservice.RouteDiscoveryService_StreamRoutesServer) error {
@@ -88,5 +89,5 @@ func (h *handlers) StreamRoutes(s routeservice.RouteDiscoveryService_StreamRoute
 }
 
 func (h *handlers) DeltaRoutes(s routeservice.RouteDiscoveryService_DeltaRoutesServer) error {
-	return h.delta.DeltaStreamHandler(s, resource.RouteType)
+	return h.delta.handle(s, resource.RouteType)
 }

@@ -103,6 +103,7 @@ type Server struct {
 	// wakes only that type's watches.
 	caches map[string]cache.SnapshotCache
 	xds    *handlers
+	delta  *deltaServer // serves delta streams (delta.go)
 	gopts  []grpc.ServerOption
 
 	ctx    context.Context
@@ -165,7 +166,8 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	mux.Classify = func(r *cache.Request) string { return cacheFor(r.GetTypeUrl()) }
 	mux.ClassifyDelta = func(r *cache.DeltaRequest) string { return cacheFor(r.GetTypeUrl()) }
-	s.xds = newHandlers(ctx, mux, &s.cb)
+	s.delta = newDeltaServer(ctx, log, &s.cb)
+	s.xds = newHandlers(ctx, mux, &s.cb, s.delta)
 	if opts.Defaults != nil {
 		s.defaults = *opts.Defaults
 		if err := s.defaults.Validate("defaults"); err != nil {
@@ -420,6 +422,10 @@ func (s *Server) rebuildLocked() {
 		one.Resources[rt] = snap.Resources[rt]
 		if err := s.caches[typ].SetSnapshot(s.ctx, snapshotKey, newServedSnapshot(one)); err != nil {
 			s.log.Error("snapshot not set", "version", version, "type", typ, "err", err)
+			return
+		}
+		if err := s.delta.set(typ, versions[typ], snap.GetResources(typ)); err != nil {
+			s.log.Error("delta snapshot not set", "version", version, "type", typ, "err", err)
 			return
 		}
 	}
