@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"runtime/metrics"
 	"slices"
 	"sort"
 	"strings"
@@ -81,6 +82,31 @@ func WriteServerMetrics(w io.Writer, st ServerStats) error {
 		fmt.Fprintf(&b, "%s_bucket{le=\"%g\"} %d\n", hn, le, h.Counts[i])
 	}
 	fmt.Fprintf(&b, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %g\n%s_count %d\n", hn, h.Count, hn, h.Sum, hn, h.Count)
+	writeRuntimeMetrics(&b)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// runtimeMetrics are the Go runtime's figures a control plane's memory
+// per client is judged by, under the Prometheus Go collector's names.
+var runtimeMetrics = []struct{ name, kind, help, sample string }{
+	{"go_goroutines", "gauge", "Goroutines that currently exist.", "/sched/goroutines:goroutines"},
+	{"go_gc_heap_live_bytes", "gauge", "Heap memory occupied by live objects, as of the last GC.", "/gc/heap/live:bytes"},
+	{"go_gc_cycles_total", "counter", "Completed GC cycles.", "/gc/cycles/total:gc-cycles"},
+	{"go_memstats_stack_inuse_bytes", "gauge", "Memory used by goroutine stacks.", "/memory/classes/heap/stacks:bytes"},
+	{"go_memstats_heap_inuse_bytes", "gauge", "Heap memory in spans with at least one object (live or not yet collected).", "/memory/classes/heap/objects:bytes"},
+}
+
+func writeRuntimeMetrics(b *strings.Builder) {
+	samples := make([]metrics.Sample, len(runtimeMetrics))
+	for i, m := range runtimeMetrics {
+		samples[i].Name = m.sample
+	}
+	metrics.Read(samples)
+	for i, m := range runtimeMetrics {
+		if samples[i].Value.Kind() != metrics.KindUint64 {
+			continue // not supported by this runtime
+		}
+		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n%s %d\n", m.name, m.help, m.name, m.kind, m.name, samples[i].Value.Uint64())
+	}
 }

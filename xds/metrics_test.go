@@ -36,4 +36,17 @@ func TestWriteMetrics(t *testing.T) {
 			t.Errorf("server metrics lack %q:\n%s", want, b.String())
 		}
 	}
+	// The runtime's figures, each with a value (the fleet benchmark
+	// reads them per client).
+	for _, m := range runtimeMetrics {
+		i := strings.Index(b.String(), "\n"+m.name+" ")
+		if i < 0 {
+			t.Errorf("server metrics lack %s:\n%s", m.name, b.String())
+			continue
+		}
+		line, _, _ := strings.Cut(b.String()[i+1:], "\n")
+		if v := strings.TrimPrefix(line, m.name+" "); v == "" || (m.name == "go_goroutines" && v == "0") {
+			t.Errorf("%s: %q", m.name, line)
+		}
+	}
 }

@@ -7,6 +7,11 @@
 //   - connect_s: until every client has ACKed its first CDS and EDS;
 //   - rss_kb_per_client: the server's RSS growth (/proc/PID/status) per
 //     connected client;
+//   - stack_kb_per_client and heap_live_kb_per_client: the growth of the
+//     server's goroutine stacks and of its live heap (as of its last GC,
+//     from go_memstats_stack_inuse_bytes and go_gc_heap_live_bytes on its
+//     admin /metrics; the live heap is read after the changes, once a GC
+//     has run since the clients connected), and goroutines_per_client;
 //   - per weight change of one service in the file (-changes of them):
 //     the server's CPU seconds (/proc/PID/stat) and the time from the file
 //     write to the slowest client's update (the file poll included), and
@@ -27,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,6 +190,11 @@ func run(bin string, nClients, services, endpoints, subscribe, changes, nConns i
 	if err != nil {
 		return err
 	}
+	// The runtime figures need a control plane whose /metrics has them.
+	rt0, rtErr := map[string]float64(nil), error(nil)
+	if !compat {
+		rt0, rtErr = runtimeMetrics(adminAddr)
+	}
 
 	names := make([]string, 0, subscribe)
 	for s := range min(subscribe, services) {
@@ -240,6 +251,18 @@ func run(bin string, nClients, services, endpoints, subscribe, changes, nConns i
 		fmt.Printf("first_error=%q\n", *p)
 	}
 	fmt.Printf("server_rss_kb_idle=%d server_rss_kb_connected=%d rss_kb_per_client=%.1f\n", rss0, rss1, float64(rss1-rss0)/float64(nClients))
+	var rt1 map[string]float64
+	if rtErr != nil {
+		fmt.Printf("runtime_metrics=n/a (%v)\n", rtErr)
+	}
+	if rt0 != nil {
+		if rt1, err = runtimeMetrics(adminAddr); err != nil {
+			return err
+		}
+		perClient := func(k string) float64 { return (rt1[k] - rt0[k]) / float64(nClients) }
+		fmt.Printf("goroutines_idle=%.0f goroutines_per_client=%.2f stack_kb_per_client=%.1f\n",
+			rt0["go_goroutines"], perClient("go_goroutines"), perClient("go_memstats_stack_inuse_bytes")/1024)
+	}
 
 	var cpus, lats []float64
 	for k := range changes {
@@ -282,8 +305,49 @@ func run(bin string, nClients, services, endpoints, subscribe, changes, nConns i
 		fmt.Printf("median_server_cpu_s=%.3f mean_server_cpu_s=%.3f max_server_cpu_s=%.3f median_slowest_client_s=%.3f max_slowest_client_s=%.3f\n",
 			cpus[len(cpus)/2], total/float64(len(cpus)), cpus[len(cpus)-1], lats[len(lats)/2], lats[len(lats)-1])
 	}
+	if rt0 != nil {
+		rt2, err := runtimeMetrics(adminAddr)
+		if err != nil {
+			return err
+		}
+		if rt2["go_gc_cycles_total"] > rt1["go_gc_cycles_total"] {
+			fmt.Printf("heap_live_kb_per_client=%.1f (GC cycle %.0f, after the changes)\n",
+				(rt2["go_gc_heap_live_bytes"]-rt0["go_gc_heap_live_bytes"])/float64(nClients)/1024, rt2["go_gc_cycles_total"])
+		} else {
+			fmt.Println("heap_live_kb_per_client=n/a (no GC since the clients connected: run with -changes)")
+		}
+	}
 	fmt.Printf("loadavg=%q (shared machine)\n", strings.TrimSpace(string(load)))
 	return nil
+}
+
+// runtimeMetrics reads the go_* lines of the control plane's /metrics.
+func runtimeMetrics(admin string) (map[string]float64, error) {
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !strings.HasPrefix(name, "go_") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			out[name] = f
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	for _, k := range []string{"go_goroutines", "go_memstats_stack_inuse_bytes", "go_gc_heap_live_bytes", "go_gc_cycles_total"} {
+		if _, ok := out[k]; !ok {
+			return nil, fmt.Errorf("control plane /metrics at %s has no %s", admin, k)
+		}
+	}
+	return out, nil
 }
 
 func sum(cls []*client, f func(*client) int64) int64 {
