@@ -114,6 +114,15 @@ func expect(t *testing.T, st deltaADS, step, typeURL string, names []string, rem
 	return resp
 }
 
+// barrier subscribes name of typeURL (not subscribed yet on st) and
+// waits for its response: the server has then handled every request sent
+// on st before.
+func barrier(t *testing.T, st deltaADS, typeURL, name string) {
+	t.Helper()
+	send(t, st, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: []string{name}})
+	expect(t, st, "barrier", typeURL, []string{name}, nil)
+}
+
 func edsWeight(t *testing.T, r *discoveryv3.Resource) uint32 {
 	t.Helper()
 	cla := &endpointv3.ClusterLoadAssignment{}
@@ -147,6 +156,7 @@ func TestDeltaWildcard(t *testing.T) {
 	// unsubscribing "*" ends it: then only the named resource follows.
 	send(t, legacy, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResourceNamesSubscribe: []string{"api"}, ResponseNonce: last.GetNonce()})
 	send(t, legacy, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.ClusterType, ResourceNamesUnsubscribe: []string{"*"}, ResponseNonce: last.GetNonce()})
+	barrier(t, legacy, resource.EndpointType, "api")
 	if err := h.srv.SetSettings([]Upstream{{Service: "api"}, {Service: "db"}, {Service: "web"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +199,7 @@ func TestDeltaSubscribeUnsubscribe(t *testing.T) {
 	r = expect(t, a, "a: web changed", resource.EndpointType, []string{"web"}, nil)
 
 	send(t, a, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesUnsubscribe: []string{"api"}, ResponseNonce: r.GetNonce()})
+	barrier(t, a, resource.ClusterType, "api")
 	h.publish("api", 5)
 	h.publish("web", 5)
 	expect(t, a, "a after unsubscribing api", resource.EndpointType, []string{"web"}, nil)

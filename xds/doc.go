@@ -26,8 +26,12 @@
 // skips localities of weight 0, so every assignment has one locality of
 // weight 1. gRPC uses endpoints whose health is HEALTHY or UNKNOWN.
 //
-// Server serves a go-control-plane snapshot cache over ADS and CDS, EDS,
-// LDS and RDS (state of the world and delta). Its source of truth is a
+// Server serves ADS and CDS, EDS, LDS and RDS: state of the world from
+// go-control-plane's snapshot caches and stream handler, delta from our
+// own handler (delta.go: one goroutine per stream, one immutable snapshot
+// per type with each resource encoded once and the names changed since the
+// previous one, per stream a shared set of subscribed names and a pointer
+// to the snapshot the client is in sync with). Its source of truth is a
 // discovery.Source (with ServeCatalog, every service a discovery.Catalog
 // lists, Defaults for those without settings of their own); changes there
 // (coalesced over Debounce) make one new, consistent snapshot, the same for

@@ -79,9 +79,10 @@ func ControlPlaneGRPCOptions() []grpc.ServerOption {
 	}
 }
 
-// Server is the embedded xDS server: a go-control-plane snapshot cache fed
-// from a discovery source, served over ADS and the per-type services (CDS,
-// EDS, LDS, RDS), state of the world and delta.
+// Server is the embedded xDS server: per-type snapshots fed from a
+// discovery source, served over ADS and the per-type services (CDS, EDS,
+// LDS, RDS), state of the world (go-control-plane's snapshot caches and
+// handler) and delta (deltaServer).
 //
 // Every change the source reports for a served service (a snapshot with
 // different endpoints, a resource error) and every SetSettings call makes
@@ -93,8 +94,10 @@ func ControlPlaneGRPCOptions() []grpc.ServerOption {
 // client moving between replicas receives nothing new.
 //
 // Concurrency: all methods are safe for concurrent use. Source callbacks
-// and SetSettings serialise on one mutex; the snapshot cache and the gRPC
-// streams run on go-control-plane's and grpc-go's goroutines.
+// and SetSettings serialise on one mutex; the snapshot caches and the
+// state-of-the-world streams run on go-control-plane's and grpc-go's
+// goroutines, delta streams on grpc-go's handler goroutine and the delta
+// handler's send pool.
 type Server struct {
 	log *slog.Logger
 	src discovery.Source
@@ -437,9 +440,7 @@ func (s *Server) rebuildLocked() {
 // servedSnapshot is the snapshot set in the cache: a go-control-plane
 // Snapshot whose GetResources returns one map per type, built once and
 // shared (read-only), where Snapshot.GetResources copies the type's map
-// on every call. The delta cache calls it per stream on every push and
-// every ACK: with 1,000 streams and 51 services that was 2,000 maps of 51
-// entries allocated per change.
+// on every call (go-control-plane's cache calls it per watch).
 type servedSnapshot struct {
 	*cache.Snapshot
 	byType map[string]map[string]types.Resource
