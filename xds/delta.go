@@ -3,7 +3,6 @@ package xds
 import (
 	"context"
 	"encoding/binary"
-	"log/slog"
 	"runtime"
 	"slices"
 	"strconv"
@@ -186,7 +185,6 @@ func (t *nameSets) release(s *nameSet) {
 // deltaServer serves delta xDS streams from one deltaSnapshot per type.
 type deltaServer struct {
 	ctx context.Context
-	log *slog.Logger
 	cb  deltav3.Callbacks
 
 	ids  atomic.Int64
@@ -202,8 +200,8 @@ type deltaServer struct {
 // server's (which counts from 1) in the shared callbacks.
 const deltaStreamIDBase = 1 << 32
 
-func newDeltaServer(ctx context.Context, log *slog.Logger, cb deltav3.Callbacks) *deltaServer {
-	d := &deltaServer{ctx: ctx, log: log, cb: cb, snaps: map[string]*deltaSnapshot{}, streams: map[*deltaStream]struct{}{}}
+func newDeltaServer(ctx context.Context, cb deltav3.Callbacks) *deltaServer {
+	d := &deltaServer{ctx: ctx, cb: cb, snaps: map[string]*deltaSnapshot{}, streams: map[*deltaStream]struct{}{}}
 	d.ids.Store(deltaStreamIDBase)
 	d.pool.size = max(4, runtime.GOMAXPROCS(0))
 	d.pool.stuckAfter = time.Second
@@ -410,6 +408,18 @@ type deltaStream struct {
 	sending bool  // a sender is running (the handler or a pool worker)
 	sendErr error // a send failed: the stream is over
 	closed  bool
+	// idle, when set (by the closing handler), is closed when the
+	// running sender stops: no send may outlive the handler.
+	idle chan struct{}
+}
+
+// stopSendingLocked marks the sender stopped; s.mu held.
+func (s *deltaStream) stopSendingLocked() {
+	s.sending = false
+	if s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
 }
 
 // watches reports whether the stream subscribes to typeURL.
@@ -469,7 +479,7 @@ func (s *deltaStream) flush() {
 			resps = s.collectLocked()
 		}
 		if len(resps) == 0 {
-			s.sending = false
+			s.stopSendingLocked()
 			s.mu.Unlock()
 			return
 		}
@@ -477,7 +487,8 @@ func (s *deltaStream) flush() {
 		for _, r := range resps {
 			if err := s.st.Send(r); err != nil {
 				s.mu.Lock()
-				s.sendErr, s.sending = err, false
+				s.sendErr = err
+				s.stopSendingLocked()
 				s.mu.Unlock()
 				return
 			}
@@ -503,6 +514,16 @@ func (d *deltaServer) handle(st stream.DeltaStream, defaultTypeURL string) error
 		d.mu.Unlock()
 		s.mu.Lock()
 		s.closed = true
+		if s.sending {
+			// A pool worker is sending: grpc forbids a send after
+			// the handler returns. The client is gone or going (a
+			// failed Recv cancels the stream), so the send ends soon.
+			idle := make(chan struct{})
+			s.idle = idle
+			s.mu.Unlock()
+			<-idle
+			s.mu.Lock()
+		}
 		for _, sub := range s.subs {
 			d.sets.release(sub.names)
 			sub.names = nil

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
@@ -439,7 +440,7 @@ func (b *blockingStream) sends() int {
 // streams.
 func TestDeltaSendPoolStuckSender(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		d := newDeltaServer(context.Background(), nil, nil)
+		d := newDeltaServer(context.Background(), nil)
 		d.pool.size = 1
 		items := map[string]types.Resource{"api": &endpointv3.ClusterLoadAssignment{ClusterName: "api"}}
 		if err := d.set(resource.EndpointType, "v1", items); err != nil {
@@ -473,6 +474,83 @@ func TestDeltaSendPoolStuckSender(t *testing.T) {
 		}
 		if sets := len(d.sets.m); sets != 1 {
 			t.Fatalf("%d name sets for two streams subscribing the same names, want 1 (shared)", sets)
+		}
+	})
+}
+
+// fakeDeltaStream is a delta stream driven by the test: Recv returns the
+// requests of reqs until it is closed, then an error; every send after
+// the first waits for release.
+type fakeDeltaStream struct {
+	grpc.ServerStream
+	ctx     context.Context
+	reqs    chan *discoveryv3.DeltaDiscoveryRequest
+	release chan struct{}
+	mu      sync.Mutex
+	sent    int
+}
+
+func (f *fakeDeltaStream) Context() context.Context { return f.ctx }
+
+func (f *fakeDeltaStream) Send(m *discoveryv3.DeltaDiscoveryResponse) error { return f.SendMsg(m) }
+
+func (f *fakeDeltaStream) SendMsg(any) error {
+	f.mu.Lock()
+	f.sent++
+	n := f.sent
+	f.mu.Unlock()
+	if n > 1 {
+		<-f.release
+	}
+	return nil
+}
+
+func (f *fakeDeltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) {
+	r, ok := <-f.reqs
+	if !ok {
+		return nil, errors.New("stream ended")
+	}
+	return r, nil
+}
+
+// The handler does not return while a pool worker is still sending on its
+// stream (grpc forbids a send after the handler returns).
+func TestDeltaHandlerWaitsForSender(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDeltaServer(context.Background(), nil)
+		set := func(w uint32) {
+			cla := &endpointv3.ClusterLoadAssignment{ClusterName: "api", Endpoints: []*endpointv3.LocalityLbEndpoints{{LoadBalancingWeight: wrapperspb.UInt32(w)}}}
+			if err := d.set(resource.EndpointType, fmt.Sprint("v", w), map[string]types.Resource{"api": cla}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		set(1)
+		f := &fakeDeltaStream{ctx: context.Background(), reqs: make(chan *discoveryv3.DeltaDiscoveryRequest, 1), release: make(chan struct{})}
+		returned := make(chan error, 1)
+		go func() { returned <- d.handle(f, resource.AnyType) }()
+		f.reqs <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"api"}}
+		synctest.Wait() // the first response sent by the handler
+		set(2)          // a worker sends the change, and blocks
+		synctest.Wait()
+		close(f.reqs) // the client is gone
+		synctest.Wait()
+		select {
+		case err := <-returned:
+			t.Fatalf("handler returned (%v) while a send was in progress", err)
+		default:
+		}
+		close(f.release)
+		synctest.Wait()
+		select {
+		case err := <-returned:
+			if err != nil {
+				t.Fatalf("handler: %v", err)
+			}
+		default:
+			t.Fatal("handler still running after the send ended")
+		}
+		if f.sent != 2 {
+			t.Fatalf("%d sends, want 2", f.sent)
 		}
 	})
 }

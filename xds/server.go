@@ -169,7 +169,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	mux.Classify = func(r *cache.Request) string { return cacheFor(r.GetTypeUrl()) }
 	mux.ClassifyDelta = func(r *cache.DeltaRequest) string { return cacheFor(r.GetTypeUrl()) }
-	s.delta = newDeltaServer(ctx, log, &s.cb)
+	s.delta = newDeltaServer(ctx, &s.cb)
 	s.xds = newHandlers(ctx, mux, &s.cb, s.delta)
 	if opts.Defaults != nil {
 		s.defaults = *opts.Defaults
