@@ -231,7 +231,7 @@ func (d *deltaServer) set(typeURL, version string, items map[string]types.Resour
 	}
 	d.mu.Unlock()
 	for _, s := range streams {
-		if s.watches(typeURL) {
+		if s.needs(typeURL, ds) {
 			s.kick(&d.pool)
 		}
 	}
@@ -422,11 +422,31 @@ func (s *deltaStream) stopSendingLocked() {
 	}
 }
 
-// watches reports whether the stream subscribes to typeURL.
-func (s *deltaStream) watches(typeURL string) bool {
+// needs reports whether ds, typeURL's new snapshot, has something for the
+// stream. A stream in sync with the previous snapshot and subscribed to
+// none of the names changed or removed is in sync with ds as it is.
+func (s *deltaStream) needs(typeURL string, ds *deltaSnapshot) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return !s.closed && s.sub(typeURL) != nil
+	sub := s.sub(typeURL)
+	if s.closed || sub == nil {
+		return false
+	}
+	if sub.own != nil || sub.base == nil || sub.base.seq != ds.prevSeq || sub.respond {
+		return true
+	}
+	for _, n := range ds.changed {
+		if sub.interested(n) {
+			return true
+		}
+	}
+	for _, n := range ds.removed {
+		if sub.interested(n) {
+			return true
+		}
+	}
+	sub.base = ds
+	return false
 }
 
 func (s *deltaStream) sub(typeURL string) *deltaSub {
