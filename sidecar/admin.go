@@ -80,10 +80,7 @@ func (s *Sidecar) adminHandler() http.Handler {
 	}))
 	if s.cfg.Admin.Pprof {
 		handle("GET /debug/pprof/", "Go profiles (admin.pprof)", http.HandlerFunc(pprof.Index))
-		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		handlePprof(mux)
 	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -291,3 +288,12 @@ func (g levelGate) Enabled(ctx context.Context, l slog.Level) bool {
 func (g levelGate) Handle(ctx context.Context, r slog.Record) error { return g.h.Handle(ctx, r) }
 func (g levelGate) WithAttrs(a []slog.Attr) slog.Handler            { return levelGate{g.h.WithAttrs(a), g.lv} }
 func (g levelGate) WithGroup(n string) slog.Handler                 { return levelGate{g.h.WithGroup(n), g.lv} }
+
+// handlePprof mounts the profiles other than the index (pprof.Index serves
+// /debug/pprof/ and the named profiles under it: heap, goroutine, ...).
+func handlePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+}

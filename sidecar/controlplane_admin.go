@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/sidemesh/sidemesh/xds"
@@ -20,7 +21,8 @@ const DefaultControlPlaneAdmin = "127.0.0.1:15014"
 //	GET /metrics      sidemesh_xds_server_* (clients, pushes, push latency, ACK/NACK by type)
 //	GET /config_dump  server stats: versions per type, services served (never secrets)
 //	GET /clients      connected streams: node id, versions ACKed per type, last NACK with detail
-func controlPlaneAdmin(srv *xds.Server) http.Handler {
+//	GET /debug/pprof/ Go profiles, only with admin.pprof (as the sidecar's admin)
+func controlPlaneAdmin(srv *xds.Server, pprofOn bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
 		if srv.Version() == "" {
@@ -39,6 +41,10 @@ func controlPlaneAdmin(srv *xds.Server) http.Handler {
 	mux.HandleFunc("GET /clients", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, srv.Clients())
 	})
+	if pprofOn {
+		mux.Handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
+		handlePprof(mux)
+	}
 	return mux
 }
 
@@ -49,7 +55,7 @@ func (cp *ControlPlane) StartAdmin(addr string) error {
 	if err != nil {
 		return fmt.Errorf("admin %s: %w", addr, err)
 	}
-	hs := &http.Server{Handler: controlPlaneAdmin(cp.srv), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: controlPlaneAdmin(cp.srv, cp.cfg.Admin.Pprof), ReadHeaderTimeout: 10 * time.Second}
 	cp.adminLn, cp.admin = ln, hs
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

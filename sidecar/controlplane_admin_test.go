@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -230,5 +231,24 @@ func TestConfigXDSAddressListAndDebounce(t *testing.T) {
 	}
 	if d := xdsDebounce(cfg); d != DefaultXDSDebounce {
 		t.Fatalf("default debounce %v, want %v", d, DefaultXDSDebounce)
+	}
+}
+
+// TestControlPlaneAdminPprof: the control plane's admin serves Go profiles
+// only with admin.pprof, as the sidecar's does.
+func TestControlPlaneAdminPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := controlPlaneAdmin(nil, on)
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/goroutine?debug=1", "/debug/pprof/cmdline"} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+			want := http.StatusNotFound
+			if on {
+				want = http.StatusOK
+			}
+			if rec.Code != want {
+				t.Errorf("pprof %v: GET %s = %d, want %d", on, path, rec.Code, want)
+			}
+		}
 	}
 }
