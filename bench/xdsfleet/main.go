@@ -31,6 +31,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -60,6 +61,7 @@ func main() {
 	conns := flag.Int("conns", 0, "gRPC connections shared by the clients (0: one per client)")
 	flag.BoolVar(&compat, "compat", false, "for a sidemesh without the catalog and admin of `sidemesh xds` (a before figure): list the services under upstreams, pass no -admin")
 	flag.BoolVar(&useDelta, "delta", true, "delta ADS streams (as sidemesh's client); false: state of the world")
+	flag.StringVar(&profileDir, "profile", "", "with admin.pprof on the control plane, save its heap and goroutine profiles to this directory after the changes (go tool pprof DIR/heap.pb.gz)")
 	sidecar := flag.Bool("sidecar", false, "instead of the fleet: one `sidemesh run` with -sidecar-upstreams × -sidecar-endpoints from a file (time to ready, RSS, /metrics lines)")
 	sidecarUpstreams := flag.Int("sidecar-upstreams", 50, "upstreams of the -sidecar measurement")
 	sidecarEndpoints := flag.Int("sidecar-endpoints", 200, "endpoints per upstream of the -sidecar measurement")
@@ -157,6 +159,9 @@ func run(bin string, nClients, services, endpoints, subscribe, changes, nConns i
 	cfg := filepath.Join(dir, "cp.yaml")
 	doc := fmt.Sprintf("log_level: warn\ndiscovery: {file: %s}\nxds_server: {listen: %s}\n", ep, xdsAddr)
 	args := []string{"xds", "-c", cfg, "-admin", adminAddr}
+	if profileDir != "" {
+		doc += "admin: {pprof: true}\n"
+	}
 	if compat {
 		doc += "upstreams:\n"
 		for s := range services {
@@ -317,7 +322,45 @@ func run(bin string, nClients, services, endpoints, subscribe, changes, nConns i
 			fmt.Println("heap_live_kb_per_client=n/a (no GC since the clients connected: run with -changes)")
 		}
 	}
+	if profileDir != "" {
+		if err := saveProfiles(adminAddr, profileDir); err != nil {
+			return err
+		}
+	}
 	fmt.Printf("loadavg=%q (shared machine)\n", strings.TrimSpace(string(load)))
+	return nil
+}
+
+// profileDir is -profile.
+var profileDir string
+
+// saveProfiles fetches the control plane's heap profile (after a GC, as
+// /debug/pprof/heap does with gc=1) and its goroutines into dir.
+func saveProfiles(admin, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for file, path := range map[string]string{
+		"heap.pb.gz":     "/debug/pprof/heap?gc=1",
+		"goroutines.txt": "/debug/pprof/goroutine?debug=1",
+	} {
+		resp, err := http.Get("http://" + admin + path)
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("control plane %s: %s", path, resp.Status)
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("profiles=%s (heap.pb.gz, goroutines.txt)\n", dir)
 	return nil
 }
 
