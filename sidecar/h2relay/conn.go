@@ -111,6 +111,7 @@ type conn struct {
 	peerFrame   uint32
 	send        map[uint32]*sendState
 	parkedIDs   []uint32
+	freeSend    []*sendState // closed streams' send states, for reuse
 	parkedSpare []uint32
 	waiting     int // DATA items queued or parked, not yet written
 	writeDone   chan struct{}
@@ -251,7 +252,16 @@ func (c *conn) tooManyControl() bool {
 
 // openSend registers a stream's send side.
 func (c *conn) openSendLocked(id uint32) {
-	c.send[id] = &sendState{window: c.peerInit}
+	var s *sendState
+	if n := len(c.freeSend); n > 0 {
+		s = c.freeSend[n-1]
+		c.freeSend[n-1] = nil
+		c.freeSend = c.freeSend[:n-1]
+	} else {
+		s = new(sendState)
+	}
+	s.window = c.peerInit
+	c.send[id] = s
 }
 
 // closeSend forgets a stream's send side, dropping its parked frames.
@@ -267,6 +277,11 @@ func (c *conn) closeSendLocked(id uint32) {
 		}
 	}
 	delete(c.send, id)
+	clear(s.parked)
+	s.parked = s.parked[:0]
+	if len(c.freeSend) < 256 {
+		c.freeSend = append(c.freeSend, s)
+	}
 }
 
 // windowUpdate applies a WINDOW_UPDATE; false is a flow-control error.

@@ -71,6 +71,8 @@ type serverConn struct {
 	connCredit   int64
 	windowFrames int64
 
+	timers streamTimers // the streams' deadlines and idle checks
+
 	rapid atomic.Int64 // streams reset by the client before their response, net of completed ones
 	ended atomic.Bool
 }
@@ -82,6 +84,7 @@ func (sc *serverConn) serve(drain context.Context) (err error) {
 	defer func() {
 		sc.cancel()
 		sc.abortAll()
+		sc.timers.stop()
 		sc.close()
 		<-sc.writeDone
 	}()

@@ -15,7 +15,9 @@ type relayStream struct {
 	sc     *serverConn
 	id     uint32
 	req    Request
-	ctx    context.Context // canceled when the stream is over (abandons a dial)
+	// ctx is canceled when the stream is over (abandons a dial); made for
+	// the first dial, nil until then.
+	ctx    context.Context
 	cancel context.CancelFunc
 
 	mu         sync.Mutex
@@ -24,9 +26,10 @@ type relayStream struct {
 	done       bool // over: nothing more is relayed
 	closed     bool // h.Close called
 	inAttempt  bool // h.Attempt is running
-	deadline   *time.Timer
-	idle       *time.Timer // StreamIdleTimeout
-	lastActive int64       // unix nanoseconds of the last frame relayed
+	deadlineAt int64 // mono time of the stream's deadline (0: none)
+	lastActive int64 // mono time of the last frame relayed (StreamIdleTimeout)
+	wakeAt     int64 // when the connection's timers wake the stream (under their lock)
+	hidx       int   // index+1 in the connection's timer heap (under its lock)
 
 	// request direction (downstream → upstream)
 	reqBufs     []*buf // [0:next) sent and kept for a replay, [next:] not sent yet
@@ -60,7 +63,6 @@ type relayStream struct {
 func newRelayStream(sc *serverConn, id uint32, f *http2.MetaHeadersFrame) *relayStream {
 	st := &relayStream{sc: sc, id: id, clen: -1, recvWin: int64(sc.cfg.StreamWindow), retain: true}
 	st.req = Request{Header: Header(f.Fields), RemoteAddr: sc.nc.RemoteAddr(), Context: sc.ctx, GoAway: sc.goAway}
-	st.ctx, st.cancel = context.WithCancel(sc.ctx)
 	for _, hf := range f.RegularFields() {
 		if hf.Name == "content-length" {
 			st.clen, _ = strconv.ParseInt(hf.Value, 10, 64)
@@ -100,13 +102,12 @@ func (st *relayStream) open() {
 		return
 	}
 	st.replayMax = replayLimit(h)
-	if d := st.sc.cfg.StreamIdleTimeout; d > 0 {
-		st.lastActive = time.Now().UnixNano()
-		st.idle = time.AfterFunc(d, st.idleCheck)
-	}
+	now := mono()
 	if d := h.Deadline(); !d.IsZero() {
-		st.deadline = time.AfterFunc(time.Until(d), st.timeout)
+		st.deadlineAt = max(now+int64(time.Until(d)), 1)
 	}
+	st.lastActive = now
+	st.armLocked()
 	st.mu.Unlock()
 	st.runAttempt(0, true)
 }
@@ -174,7 +175,16 @@ func (st *relayStream) runAttempt(n int, inline bool) {
 // connect gets a pooled connection for the attempt (dialing one if need
 // be) and starts the attempt's upstream stream on it.
 func (st *relayStream) connect(t Target, hdr Header) {
-	cc, err := st.sc.srv.pool.acquire(st.ctx, t)
+	st.mu.Lock()
+	if st.cancel == nil {
+		st.ctx, st.cancel = context.WithCancel(st.sc.ctx)
+		if st.done {
+			st.cancel()
+		}
+	}
+	ctx := st.ctx
+	st.mu.Unlock()
+	cc, err := st.sc.srv.pool.acquire(ctx, t)
 	st.attach(cc, err, t, hdr)
 }
 
@@ -607,33 +617,44 @@ func (st *relayStream) attemptTimeout(cc *clientConn, uid uint32) {
 	st.attemptFailedLocked(Result{Err: ErrTimeout, Timeout: true})
 }
 
-// timeout ends the stream at its deadline.
-func (st *relayStream) timeout() {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.timeoutLocked(ErrTimeout)
+// armLocked has the connection's timers wake the stream at its deadline
+// or when it would have been idle for StreamIdleTimeout, the earlier.
+func (st *relayStream) armLocked() {
+	at := st.deadlineAt
+	if d := st.sc.cfg.StreamIdleTimeout; d > 0 {
+		if i := st.lastActive + int64(d); at == 0 || i < at {
+			at = i
+		}
+	}
+	if at != 0 {
+		st.sc.timers.schedule(st, at)
+	}
 }
 
-// idleCheck ends a stream that relayed nothing either way for
-// StreamIdleTimeout, or re-arms for the rest of it.
-func (st *relayStream) idleCheck() {
+// wake ends the stream at its deadline, or one that relayed nothing either
+// way for StreamIdleTimeout; otherwise it re-arms.
+func (st *relayStream) wake() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.done {
 		return
 	}
-	d := st.sc.cfg.StreamIdleTimeout
-	if since := time.Duration(time.Now().UnixNano() - st.lastActive); since < d {
-		st.idle.Reset(d - since)
+	now := mono()
+	if st.deadlineAt != 0 && now >= st.deadlineAt {
+		st.timeoutLocked(ErrTimeout)
 		return
 	}
-	st.timeoutLocked(ErrIdleTimeout)
+	if d := st.sc.cfg.StreamIdleTimeout; d > 0 && now-st.lastActive >= int64(d) {
+		st.timeoutLocked(ErrIdleTimeout)
+		return
+	}
+	st.armLocked()
 }
 
 // active notes traffic on the stream (the idle timeout's clock).
 func (st *relayStream) activeLocked() {
-	if st.idle != nil {
-		st.lastActive = time.Now().UnixNano()
+	if st.sc.cfg.StreamIdleTimeout > 0 {
+		st.lastActive = mono()
 	}
 }
 
@@ -747,13 +768,10 @@ func (st *relayStream) finishLocked(completed bool) {
 		return
 	}
 	st.done = true
-	st.cancel()
-	if st.deadline != nil {
-		st.deadline.Stop()
+	if st.cancel != nil {
+		st.cancel()
 	}
-	if st.idle != nil {
-		st.idle.Stop()
-	}
+	st.sc.timers.unschedule(st)
 	st.detachLocked(http2.ErrCodeCancel)
 	for i, b := range st.reqBufs {
 		b.release()
