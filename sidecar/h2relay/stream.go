@@ -12,9 +12,9 @@ import (
 
 // relayStream is one downstream stream and its current upstream attempt.
 type relayStream struct {
-	sc     *serverConn
-	id     uint32
-	req    Request
+	sc  *serverConn
+	id  uint32
+	req Request
 	// ctx is canceled when the stream is over (abandons a dial); made for
 	// the first dial, nil until then.
 	ctx    context.Context
@@ -23,9 +23,9 @@ type relayStream struct {
 	mu         sync.Mutex
 	h          Stream
 	replayMax  int64
-	done       bool // over: nothing more is relayed
-	closed     bool // h.Close called
-	inAttempt  bool // h.Attempt is running
+	done       bool  // over: nothing more is relayed
+	closed     bool  // h.Close called
+	inAttempt  bool  // h.Attempt is running
 	deadlineAt int64 // mono time of the stream's deadline (0: none)
 	lastActive int64 // mono time of the last frame relayed (StreamIdleTimeout)
 	wakeAt     int64 // when the connection's timers wake the stream (under their lock)
