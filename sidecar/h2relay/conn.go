@@ -117,7 +117,8 @@ type conn struct {
 	writeDone   chan struct{}
 	writeErr    error
 
-	wuBuf [4]byte // a WINDOW_UPDATE's payload (read loop only)
+	wuBuf [4]byte      // a WINDOW_UPDATE's payload (read loop only)
+	hr    headerReader // header blocks (read loop only)
 
 	// written counts DATA frames written (flood accounting).
 	written atomic.Int64
@@ -138,8 +139,7 @@ func newFramedConn(nc net.Conn, cfg *Config, br *bufio.Reader) *conn {
 	c.br = br
 	c.fr = http2.NewFramer(nil, br)
 	c.fr.SetMaxReadFrameSize(frameSize)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = cfg.MaxHeaderListSize
+	c.hr.init(cfg.MaxHeaderListSize)
 	c.fr.SetReuseFrames()
 	c.wfr = http2.NewFramer(c.bw, nil)
 	c.enc = hpack.NewEncoder(&c.hb)
@@ -647,11 +647,17 @@ func (c *conn) readFrame() (f http2.Frame, wu windowFrame, err error) {
 	}
 	if fh.Type != http2.FrameWindowUpdate {
 		f, err = c.fr.ReadFrameForHeader(fh)
+		if hf, ok := f.(*http2.HeadersFrame); ok && err == nil {
+			mh, err := c.hr.readBlock(c.fr, hf)
+			if err != nil {
+				return nil, wu, err // not a nil *MetaHeadersFrame in a Frame
+			}
+			return mh, wu, nil
+		}
 		return f, wu, err
 	}
-	// With ReadMetaHeaders set a header block is read whole inside one
-	// ReadFrame, so skipping the Framer here leaves its frame-order state
-	// consistent.
+	// A header block is read whole (its CONTINUATION frames with it), so
+	// skipping the Framer here leaves its frame-order state consistent.
 	if fh.Length != 4 {
 		return nil, wu, http2.ConnectionError(http2.ErrCodeFrameSize)
 	}

@@ -123,7 +123,8 @@ type Stream interface {
 	// whether the request sent so far can be sent again. True retries.
 	Retry(n int, r *Result, replayable bool) bool
 	// End reports attempt n's outcome, exactly once per attempt Attempt
-	// returned a Target for (r.Status 0 and r.Err set: no response).
+	// returned a Target for (r.Status 0 and r.Err set: no response). r is
+	// valid only during the call.
 	End(n int, r *Result)
 	// Reply is the local answer for a stream whose last attempt failed
 	// without a response, or that timed out before one. Nil resets the

@@ -41,6 +41,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, r io.Reader, h Ha
 	c := newConn(conn, &s.cfg, r)
 	cctx, cancel := context.WithCancel(ctx)
 	sc := &serverConn{conn: c, srv: s, h: h, ctx: cctx, cancel: cancel, streams: map[uint32]*relayStream{}}
+	sc.goAwayFn = sc.goAway
 	defer cancel()
 	return sc.serve(ctx)
 }
@@ -53,10 +54,11 @@ type closedStream struct {
 // serverConn is one downstream connection.
 type serverConn struct {
 	*conn
-	srv    *Server
-	h      Handler
-	ctx    context.Context // canceled when the connection ends
-	cancel context.CancelFunc
+	srv      *Server
+	h        Handler
+	ctx      context.Context // canceled when the connection ends
+	cancel   context.CancelFunc
+	goAwayFn func() // sc.goAway, made once (Request.GoAway)
 
 	// under conn.mu
 	streams    map[uint32]*relayStream

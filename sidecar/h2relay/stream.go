@@ -53,6 +53,8 @@ type relayStream struct {
 	uid         uint32
 	tryTimer    *time.Timer
 	res         Result
+	endRes      Result // what End is given
+	hdr         Header // the header Attempt edits (while it runs)
 	gotHeader   bool
 	committed   bool // a response header went downstream
 	respEnded   bool
@@ -62,7 +64,7 @@ type relayStream struct {
 
 func newRelayStream(sc *serverConn, id uint32, f *http2.MetaHeadersFrame) *relayStream {
 	st := &relayStream{sc: sc, id: id, clen: -1, recvWin: int64(sc.cfg.StreamWindow), retain: true}
-	st.req = Request{Header: Header(f.Fields), RemoteAddr: sc.nc.RemoteAddr(), Context: sc.ctx, GoAway: sc.goAway}
+	st.req = Request{Header: Header(f.Fields), RemoteAddr: sc.nc.RemoteAddr(), Context: sc.ctx, GoAway: sc.goAwayFn}
 	for _, hf := range f.RegularFields() {
 		if hf.Name == "content-length" {
 			st.clen, _ = strconv.ParseInt(hf.Value, 10, 64)
@@ -133,12 +135,15 @@ func (st *relayStream) runAttempt(n int, inline bool) {
 		st.mu.Unlock()
 		return
 	}
-	hdr := make(Header, len(st.req.Header), len(st.req.Header)+4)
-	copy(hdr, st.req.Header)
+	// The attempt's header is a field: a local would escape through the
+	// interface call, one more allocation per attempt.
+	st.hdr = append(make(Header, 0, len(st.req.Header)+8), st.req.Header...)
 	st.inAttempt = true
 	st.mu.Unlock()
 
-	t, reply := st.h.Attempt(n, &hdr)
+	t, reply := st.h.Attempt(n, &st.hdr)
+	hdr := st.hdr
+	st.hdr = nil
 
 	st.mu.Lock()
 	st.inAttempt = false
@@ -719,7 +724,8 @@ func (st *relayStream) endAttemptLocked(r Result) {
 		return
 	}
 	st.attemptOpen = false
-	st.h.End(st.n, &r)
+	st.endRes = r // a field: &r would escape, an allocation per attempt
+	st.h.End(st.n, &st.endRes)
 }
 
 // maybeFinishLocked ends a stream whose response is complete: normally if
