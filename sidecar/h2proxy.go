@@ -112,6 +112,9 @@ func (s *Sidecar) serveH2(c *Cluster, conn net.Conn) {
 // connection's streams finish.
 func (s *Sidecar) serveH2Drain(drain context.Context, c *Cluster, conn net.Conn) {
 	hc := &h2Conn{s: s, c: c, remote: conn.RemoteAddr().String()}
+	if host, _, err := net.SplitHostPort(hc.remote); err == nil {
+		hc.remoteHost = host
+	}
 	if tc, ok := conn.(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		hc.tls = &st
@@ -125,8 +128,9 @@ func (s *Sidecar) serveH2Drain(drain context.Context, c *Cluster, conn net.Conn)
 type h2Conn struct {
 	s      *Sidecar
 	c      *Cluster
-	remote string
-	tls    *tls.ConnectionState
+	remote     string
+	remoteHost string // remote's host ("" when it has none), for x-forwarded-for
+	tls        *tls.ConnectionState
 }
 
 // h2Stream is one stream's request through the cluster: the state its
@@ -136,6 +140,7 @@ type h2Stream struct {
 	up      *upstreamHandler // the handler in force when the stream began
 	g       breakerPicker
 	info    *balancer.PickInfo
+	noHash  balancer.PickInfo // info when the stream has no hash
 	ctx     context.Context // the trace context (server span inbound, the app's outbound)
 	start   time.Time
 	dl      time.Time
@@ -214,7 +219,7 @@ func (hc *h2Conn) Open(req *h2relay.Request) (h2relay.Stream, *h2relay.Reply) {
 		st.info = hc.hash(st.up, req.Header)
 	}
 	if st.info == nil {
-		st.info = &balancer.PickInfo{}
+		st.info = &st.noHash
 	}
 	if lim := s.config().Limits; lim != nil && lim.MaxHeadersCount != nil && *lim.MaxHeadersCount > 0 && len(req.Header) > *lim.MaxHeadersCount+4 {
 		return st, st.local(http.StatusRequestHeaderFieldsTooLarge, "request header fields too large\n", false)
@@ -366,7 +371,10 @@ func (st *h2Stream) Attempt(n int, h *h2relay.Header) (h2relay.Target, *h2relay.
 	st.prev = p.Host
 	st.attempts++
 	st.endpoint = p.Host.Addr
-	st.a = h2Attempt{p: p, start: time.Now()}
+	st.a = h2Attempt{p: p, start: st.start}
+	if n > 0 {
+		st.a.start = time.Now() // the first attempt starts with the stream
+	}
 	if st.auth == "" {
 		h.Set(":authority", p.Host.Addr)
 	}
@@ -374,7 +382,7 @@ func (st *h2Stream) Attempt(n int, h *h2relay.Header) (h2relay.Target, *h2relay.
 		h.Set("x-request-id", st.reqID)
 	}
 	h.Set("x-sidemesh-attempt-count", attemptHeader(n + 1)[0])
-	if host, _, err := net.SplitHostPort(hc.remote); err == nil {
+	if host := hc.remoteHost; host != "" {
 		if prior := h.Get("x-forwarded-for"); prior != "" {
 			h.Set("x-forwarded-for", prior+", "+host)
 		} else {
@@ -443,7 +451,7 @@ func (st *h2Stream) kind(r *h2relay.Result) failKind {
 	case r.Unprocessed:
 		return failRefusedStream
 	}
-	if !st.dl.IsZero() && !time.Now().Before(st.dl) {
+	if !st.dl.IsZero() && time.Until(st.dl) <= 0 {
 		// The upstream saw the same deadline (we sent it grpc-timeout)
 		// and reset the stream before our timer ran: still a timeout.
 		return failTimeout
@@ -462,7 +470,7 @@ func isDialError(err error) bool {
 // up to two transparent retries outside the policy, as Envoy does.
 func (st *h2Stream) Retry(n int, r *h2relay.Result, replayable bool) bool {
 	c, t := st.hc.c, st.up.t
-	if !replayable || !time.Now().Before(st.deadlineOr()) {
+	if !replayable || (!st.dl.IsZero() && time.Until(st.dl) <= 0) {
 		return false
 	}
 	if r.Status == 0 && r.Unprocessed && st.transp < 2 {
@@ -470,16 +478,15 @@ func (st *h2Stream) Retry(n int, r *h2relay.Result, replayable bool) bool {
 		st.a.held = false
 		return true
 	}
+	if n-st.transp >= t.retry.numRetries {
+		return false // no retry left (the policy's checks below would all say so)
+	}
 	retry := false
 	if r.Status > 0 {
-		resp := &http.Response{StatusCode: r.Status, Header: http.Header{}}
-		if v := lookupField(r.Header, "grpc-status"); v != "" {
-			resp.Header["Grpc-Status"] = []string{v}
-		}
-		retry = n-st.transp < t.retry.numRetries && t.retry.retriableResponse(resp, st.isGRPC)
+		retry = t.retry.retriableStatus(r.Status, lookupField(r.Header, "grpc-status"), st.isGRPC)
 	} else {
 		k := st.kind(r)
-		retry = k != failCanceled && k != failOverflow && n-st.transp < t.retry.numRetries && t.retry.retriableFailure(k)
+		retry = k != failCanceled && k != failOverflow && t.retry.retriableFailure(k)
 	}
 	if !retry {
 		return false

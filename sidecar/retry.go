@@ -84,7 +84,12 @@ func (p *retryPolicy) retriableFailure(k failKind) bool {
 
 // retriableResponse reports whether retry_on covers the response.
 func (p *retryPolicy) retriableResponse(resp *http.Response, isGRPC bool) bool {
-	code := resp.StatusCode
+	return p.retriableStatus(resp.StatusCode, resp.Header.Get("Grpc-Status"), isGRPC)
+}
+
+// retriableStatus is retriableResponse for a status code and the
+// grpc-status of the response header ("" when none).
+func (p *retryPolicy) retriableStatus(code int, grpcStatus string, isGRPC bool) bool {
 	switch {
 	case code >= 500 && p.retryOn&ro5xx != 0:
 		return true
@@ -97,7 +102,7 @@ func (p *retryPolicy) retriableResponse(resp *http.Response, isGRPC bool) bool {
 	}
 	if isGRPC && p.retryOn&(roGrpcCancelled|roGrpcDeadline|roGrpcUnavailable|roGrpcResourceExhausted|roGrpcInternal) != 0 {
 		// Only a trailers-only response carries grpc-status in the headers.
-		switch resp.Header.Get("Grpc-Status") {
+		switch grpcStatus {
 		case "1":
 			return p.retryOn&roGrpcCancelled != 0
 		case "4":
