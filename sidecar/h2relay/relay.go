@@ -21,8 +21,11 @@ type Config struct {
 	// past it the downstream connection is closed with GOAWAY.
 	MaxHeaderListSize uint32
 	// StreamWindow is the flow-control window of one stream on either leg
-	// (SETTINGS_INITIAL_WINDOW_SIZE; default 256 KiB): at most this much of
-	// a stream's data is in the relay per direction.
+	// (SETTINGS_INITIAL_WINDOW_SIZE; default 1 MiB, what Envoy's default
+	// per_connection_buffer_limit_bytes lets one stream hold): at most this
+	// much of a stream's data is in the relay per direction. A quarter of
+	// it is given back at a time, so one fast stream costs its sender a
+	// WINDOW_UPDATE (a wakeup) per 256 KiB, not per 64 KiB as with 256 KiB.
 	StreamWindow uint32
 	// ConnWindow is the connection-level receive window (default 4 MiB).
 	ConnWindow uint32
@@ -60,7 +63,7 @@ func (c *Config) setDefaults() {
 		c.MaxHeaderListSize = 60 << 10
 	}
 	if c.StreamWindow == 0 {
-		c.StreamWindow = 256 << 10
+		c.StreamWindow = 1 << 20
 	}
 	if c.StreamWindow > maxWindow {
 		c.StreamWindow = maxWindow
