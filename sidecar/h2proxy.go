@@ -126,8 +126,8 @@ func (s *Sidecar) serveH2Drain(drain context.Context, c *Cluster, conn net.Conn)
 
 // h2Conn is the policy for the streams of one downstream connection.
 type h2Conn struct {
-	s      *Sidecar
-	c      *Cluster
+	s          *Sidecar
+	c          *Cluster
 	remote     string
 	remoteHost string // remote's host ("" when it has none), for x-forwarded-for
 	tls        *tls.ConnectionState
@@ -141,7 +141,7 @@ type h2Stream struct {
 	g       breakerPicker
 	info    *balancer.PickInfo
 	noHash  balancer.PickInfo // info when the stream has no hash
-	ctx     context.Context // the trace context (server span inbound, the app's outbound)
+	ctx     context.Context   // the trace context (server span inbound, the app's outbound)
 	start   time.Time
 	dl      time.Time
 	isGRPC  bool
