@@ -144,7 +144,8 @@ func (h *testHandler) Open(req *Request) (Stream, *Reply) {
 		req.GoAway()
 	}
 	if req.Header.Get("x-deny") != "" {
-		return nil, &Reply{Status: 200, Header: []hpackField{{Name: "content-type", Value: "application/grpc"}, {Name: "grpc-status", Value: "7"}, {Name: "grpc-message", Value: "denied"}}}
+		// With the stream, as the sidecar's policy does: it must be closed.
+		return &testStream{h: h}, &Reply{Status: 200, Header: []hpackField{{Name: "content-type", Value: "application/grpc"}, {Name: "grpc-status", Value: "7"}, {Name: "grpc-message", Value: "denied"}}}
 	}
 	st := &testStream{h: h}
 	if h.timeout > 0 {
@@ -311,6 +312,13 @@ func TestGRPCUnaryHeadersTrailersStatus(t *testing.T) {
 	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || st.Message() != "denied" {
 		t.Errorf("local reply: got %v, want PermissionDenied denied", err)
 	}
+	// The policy of a stream answered by Open is closed all the same (the
+	// sidecar counts, logs and ends spans there).
+	waitFor(t, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.closed == h.opened
+	}, "every stream closed, the one Open answered included")
 
 	// Every attempt ended, with the grpc-status of its trailers.
 	rs := h.results()

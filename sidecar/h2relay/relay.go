@@ -102,7 +102,9 @@ const (
 type Handler interface {
 	// Open is called once for each new downstream stream, before its first
 	// attempt, on the connection's read loop: it must not block. It
-	// returns the stream's policy, or a Reply to answer the stream locally.
+	// returns the stream's policy, or a Reply to answer the stream locally;
+	// with a Reply, a non-nil Stream is only closed (its Close called once
+	// the answer is queued), never asked for an attempt.
 	Open(req *Request) (Stream, *Reply)
 }
 
@@ -147,6 +149,10 @@ type Target struct {
 	// Timeout bounds the attempt until its response header (0: none);
 	// when it expires the attempt fails with Result.Timeout.
 	Timeout time.Duration
+	// Pool is the pool the attempt's connection comes from (nil: the
+	// Server's): a connection whose streams go to several upstreams keeps
+	// each upstream's connections (and their dial settings) apart.
+	Pool *Pool
 }
 
 // Request is a downstream stream's request header.

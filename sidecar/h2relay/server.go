@@ -28,6 +28,14 @@ func NewServer(pool *Pool) *Server { return &Server{cfg: pool.cfg, pool: pool} }
 // Pool returns the server's upstream pool.
 func (s *Server) Pool() *Pool { return s.pool }
 
+// poolFor is the pool of t's connection: t.Pool, or the server's.
+func (s *Server) poolFor(t Target) *Pool {
+	if t.Pool != nil {
+		return t.Pool
+	}
+	return s.pool
+}
+
 // ErrPreface is returned by ServeConn for a connection that does not open
 // with the HTTP/2 client preface.
 var ErrPreface = errors.New("h2relay: bad HTTP/2 client preface")

@@ -89,15 +89,17 @@ func (st *relayStream) open() {
 	}
 	h, reply := st.sc.h.Open(&st.req)
 	st.mu.Lock()
+	st.h = h // closed when the stream ends, answered locally or not
 	if reply != nil {
 		if !st.done {
 			st.replyLocked(reply)
 			st.finishLocked(false)
+		} else {
+			st.closeHandlerLocked()
 		}
 		st.mu.Unlock()
 		return
 	}
-	st.h = h
 	if st.done {
 		st.closeHandlerLocked()
 		st.mu.Unlock()
@@ -167,7 +169,7 @@ func (st *relayStream) runAttempt(n int, inline bool) {
 	if inline {
 		// On the connection's read loop: only a pooled connection with a
 		// free stream will do; a dial goes to a goroutine of its own.
-		if cc := st.sc.srv.pool.tryAcquire(t.Addr); cc != nil {
+		if cc := st.sc.srv.poolFor(t).tryAcquire(t.Addr); cc != nil {
 			st.attach(cc, nil, t, hdr)
 			return
 		}
@@ -189,7 +191,7 @@ func (st *relayStream) connect(t Target, hdr Header) {
 	}
 	ctx := st.ctx
 	st.mu.Unlock()
-	cc, err := st.sc.srv.pool.acquire(ctx, t)
+	cc, err := st.sc.srv.poolFor(t).acquire(ctx, t)
 	st.attach(cc, err, t, hdr)
 }
 
