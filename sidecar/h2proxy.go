@@ -52,8 +52,30 @@ func (s *Sidecar) h2For(c *Cluster) *h2relay.Server {
 	if h2Engines.m == nil {
 		h2Engines.m = map[weak.Pointer[Cluster]]*h2relay.Server{}
 	}
-	lim := s.config().Limits
-	cfg := h2relay.Config{IdleTimeout: c.upstream().IdleTimeout}
+	cfg := h2RelayConfig(s.config().Limits, c.upstream().IdleTimeout)
+	log := c.log
+	cfg.Log = func(msg string, args ...any) { log.Debug(msg, args...) }
+	srv := h2relay.NewServer(h2relay.NewPool(cfg))
+	c.mu.Lock()
+	c.onRemoved = append(c.onRemoved, srv.Pool().CloseIdle) // removed hosts free their connections
+	c.mu.Unlock()
+	h2Engines.m[key] = srv
+	runtime.AddCleanup(c, func(key weak.Pointer[Cluster]) {
+		h2Engines.mu.Lock()
+		srv := h2Engines.m[key]
+		delete(h2Engines.m, key)
+		h2Engines.mu.Unlock()
+		if srv != nil {
+			srv.Pool().Close()
+		}
+	}, key)
+	return srv
+}
+
+// h2RelayConfig is the relay's configuration from the limits (nil: the
+// relay's defaults) and the upstream connections' idle timeout.
+func h2RelayConfig(lim *LimitsConfig, idle time.Duration) h2relay.Config {
+	cfg := h2relay.Config{IdleTimeout: idle}
 	if lim != nil {
 		if lim.MaxConcurrentStreams != nil {
 			cfg.MaxConcurrentStreams = uint32(*lim.MaxConcurrentStreams)
@@ -74,23 +96,7 @@ func (s *Sidecar) h2For(c *Cluster) *h2relay.Server {
 			}
 		}
 	}
-	log := c.log
-	cfg.Log = func(msg string, args ...any) { log.Debug(msg, args...) }
-	srv := h2relay.NewServer(h2relay.NewPool(cfg))
-	c.mu.Lock()
-	c.onRemoved = append(c.onRemoved, srv.Pool().CloseIdle) // removed hosts free their connections
-	c.mu.Unlock()
-	h2Engines.m[key] = srv
-	runtime.AddCleanup(c, func(key weak.Pointer[Cluster]) {
-		h2Engines.mu.Lock()
-		srv := h2Engines.m[key]
-		delete(h2Engines.m, key)
-		h2Engines.mu.Unlock()
-		if srv != nil {
-			srv.Pool().Close()
-		}
-	}, key)
-	return srv
+	return cfg
 }
 
 // useH2Relay makes srv hand its HTTP/2 connections to the relay of c, and
@@ -131,6 +137,7 @@ type h2Conn struct {
 	remote     string
 	remoteHost string // remote's host ("" when it has none), for x-forwarded-for
 	tls        *tls.ConnectionState
+	pool       *h2relay.Pool // the upstream connections (nil: the relay serving the connection's)
 }
 
 // h2Stream is one stream's request through the cluster: the state its
@@ -413,7 +420,7 @@ func (st *h2Stream) Attempt(n int, h *h2relay.Header) (h2relay.Target, *h2relay.
 		tracing.SetLocality(st.a.span, p.Priority, p.Zone)
 		c.tp.InjectFields(actx, h.Del, h.Set)
 	}
-	return h2relay.Target{Addr: p.Host.Addr, Dial: st.dial, Timeout: t.retry.perTry}, nil
+	return h2relay.Target{Addr: p.Host.Addr, Dial: st.dial, Timeout: t.retry.perTry, Pool: hc.pool}, nil
 }
 
 func (st *h2Stream) deadlineOr() time.Time {
@@ -604,14 +611,21 @@ func (st *h2Stream) failReply(k failKind, err error) *h2relay.Reply {
 // status as Envoy maps it, the body as grpc-message).
 func (st *h2Stream) local(code int, body string, overloaded bool) *h2relay.Reply {
 	st.status = code
+	if st.isGRPC {
+		st.grpcStatus = grpcStatusOf(code)
+	}
+	return h2LocalReply(code, body, overloaded, st.isGRPC)
+}
+
+// h2LocalReply is local's answer for a stream with no policy of its own.
+func h2LocalReply(code int, body string, overloaded, isGRPC bool) *h2relay.Reply {
 	rep := &h2relay.Reply{Status: code}
 	if overloaded {
 		rep.Header = append(rep.Header, hpack.HeaderField{Name: "x-sidemesh-overloaded", Value: "true"})
 	}
 	rep.Header = append(rep.Header, hpack.HeaderField{Name: "x-sidemesh-local-reply", Value: "true"})
-	if st.isGRPC {
+	if isGRPC {
 		g := grpcStatusOf(code)
-		st.grpcStatus = g
 		rep.Status = 200
 		rep.Header = append(rep.Header,
 			hpack.HeaderField{Name: "content-type", Value: "application/grpc"},

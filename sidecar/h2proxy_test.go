@@ -2,11 +2,13 @@ package sidecar
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -183,4 +185,90 @@ upstreams:
 func waitCalls(t *testing.T, b *h2Backend, n int64) {
 	t.Helper()
 	eventually(t, 10*time.Second, "backend calls", func() bool { return b.calls.Load() >= n })
+}
+
+// TestTransparentH2ThroughRelay: captured HTTP/2 goes through the frame
+// relay: each stream of one client connection goes to the upstream its
+// :authority names, balanced per call by weight, on that upstream's pooled
+// connections; an unknown authority is answered locally (gRPC UNIMPLEMENTED,
+// as a 404) and the connection keeps serving.
+func TestTransparentH2ThroughRelay(t *testing.T) {
+	a1, a2, w := startH2Backend(t), startH2Backend(t), startH2Backend(t)
+	s, _ := startSidecar(t, `
+admin: 127.0.0.1:0
+discovery: {file: "{{EP}}"}
+transparent: {listen: 127.0.0.1:0}
+upstreams:
+  - {service: api, protocol: grpc}
+  - {service: web, protocol: grpc}
+`, endpointsYAML("api", a1.addr, 1, a2.addr, 3)+"  web:\n    - {address: "+w.addr+", weight: 1}\n")
+	cc, err := grpc.NewClient(s.TransparentAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := testpb.NewTestServiceClient(cc)
+	ctx := grpcCtx(t)
+	for i := 0; i < 40; i++ {
+		if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 10}, grpc.CallAuthority("api")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := c.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 10}, grpc.CallAuthority("web.default.svc.cluster.local:8080"))
+	if err != nil || resp.GetServerId() != w.addr {
+		t.Fatalf("web: %v from %q, want %s", err, resp.GetServerId(), w.addr)
+	}
+	_, err = c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.CallAuthority("nope"))
+	if st, _ := status.FromError(err); st.Code() != codes.Unimplemented {
+		t.Fatalf("unknown authority: %v, want Unimplemented (404)", err)
+	}
+	if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.CallAuthority("api")); err != nil {
+		t.Fatalf("after the local reply: %v", err)
+	}
+	if a1.calls.Load()+a2.calls.Load() != 41 || a1.calls.Load() < 10 || a1.calls.Load() > 11 {
+		t.Fatalf("api calls %d and %d, want 10(+1) and 30(+1) (weights 1:3, per call)", a1.calls.Load(), a2.calls.Load())
+	}
+	for name, addrs := range map[string][]string{"api": {a1.addr, a2.addr}, "web": {w.addr}} {
+		s.clMu.RLock()
+		cl := s.byName[name]
+		s.clMu.RUnlock()
+		for _, addr := range addrs {
+			if n := s.h2For(cl).Pool().Conns(addr); n != 1 {
+				t.Errorf("%s's relay pool holds %d connections to %s, want 1", name, n, addr)
+			}
+		}
+	}
+}
+
+// TestH2LocalReplyAtOpenEndsStream: a stream answered as it opens (here
+// 431, more header fields than limits.max_headers_count) is ended like any
+// other: the upstream's in-flight gauge goes back to zero.
+func TestH2LocalReplyAtOpenEndsStream(t *testing.T) {
+	b := startH2Backend(t)
+	s, _ := startSidecar(t, `
+admin: 127.0.0.1:0
+discovery: {file: "{{EP}}"}
+limits: {max_headers_count: 8}
+upstreams:
+  - {service: api, listen: 127.0.0.1:0, protocol: grpc}
+`, endpointsYAML("api", b.addr, 1))
+	c := grpcTestClient(t, s.UpstreamAddr("api"))
+	ctx := grpcCtx(t)
+	md := metadata.MD{}
+	for i := range 12 {
+		md.Set(fmt.Sprintf("x-extra-%d", i), "v")
+	}
+	if _, err := c.UnaryCall(metadata.NewOutgoingContext(ctx, md), &testpb.SimpleRequest{}); status.Code(err) == codes.OK {
+		t.Fatal("a call with 12 extra header fields passed max_headers_count 8")
+	}
+	if b.calls.Load() != 0 {
+		t.Fatalf("the backend saw %d calls, want 0", b.calls.Load())
+	}
+	s.clMu.RLock()
+	cl := s.byName["api"]
+	s.clMu.RUnlock()
+	eventually(t, 10*time.Second, "rq_active back to 0", func() bool { return testutil.ToFloat64(cl.cm.rqActive) == 0 })
+	if _, err := c.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+		t.Fatalf("a plain call after the refusal: %v", err)
+	}
 }

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sidemesh/sidemesh/sidecar/h2relay"
 )
 
 // transparentListener serves outbound traffic that iptables redirected to
@@ -36,6 +38,8 @@ type transparentListener struct {
 	ln     net.Listener
 	httpLn *connQueue
 	srv    *h1Server
+	h2     *h2relay.Server // HTTP/2 (h2Relay)
+	h2Once sync.Once
 	wg     sync.WaitGroup // the HTTP server
 	conns  connGroup      // one per accepted connection, until routed
 }
@@ -51,6 +55,11 @@ func newTransparent(s *Sidecar, ln net.Listener) *transparentListener {
 		}
 		return ctx
 	}
+	// HTTP/2 goes to the frame relay, each stream to the upstream its
+	// :authority names; Shutdown's GOAWAY drains those connections.
+	drain, cancel := context.WithCancel(context.Background())
+	t.srv.h2 = func(ctx context.Context, conn net.Conn) { t.serveH2(drain, ctx, conn) }
+	t.srv.h2base.RegisterOnShutdown(cancel)
 	return t
 }
 
@@ -125,7 +134,24 @@ func looksHTTP(head []byte) bool {
 
 // serveHTTP routes one request by Host, then by original destination.
 func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	name := r.Host
+	dst := ""
+	if pc, ok := connFromContext(r); ok {
+		dst = pc.dst
+	}
+	c := t.clusterForHost(r.Host, dst)
+	if c == nil {
+		writeLocalReply(w, r, &upstreamError{kind: failUnknown, host: r.Host, err: ErrUnknownUpstream})
+		return
+	}
+	t.s.handlerFor(c).ServeHTTP(w, r)
+}
+
+// clusterForHost is the HTTP upstream a request for host (Host or
+// :authority) goes to: the one it names (`api`, `api:8080`,
+// `api.anything`), or for an address the one owning the connection's
+// original destination dst; nil for none (a 404).
+func (t *transparentListener) clusterForHost(host, dst string) *Cluster {
+	name := host
 	if h, _, err := net.SplitHostPort(name); err == nil {
 		name = h
 	}
@@ -134,18 +160,74 @@ func (t *transparentListener) serveHTTP(w http.ResponseWriter, r *http.Request) 
 	}
 	var c *Cluster
 	if net.ParseIP(name) != nil || name == "" {
-		// Called by address: the original destination names the upstream.
-		if pc, ok := connFromContext(r); ok {
-			c = t.clusterFor(pc.dst)
+		if dst != "" {
+			c = t.clusterFor(dst) // called by address
 		}
 	} else {
-		c = t.s.Cluster(name) // called by name: an unknown name is a 404
+		c = t.s.Cluster(name) // called by name
 	}
 	if c == nil || c.cfg.Protocol == "tcp" {
-		writeLocalReply(w, r, &upstreamError{kind: failUnknown, host: r.Host, err: ErrUnknownUpstream})
-		return
+		return nil
 	}
-	t.s.handlerFor(c).ServeHTTP(w, r)
+	return c
+}
+
+// serveH2 serves one captured HTTP/2 connection (conn opens with the
+// client preface) through the frame relay: each stream is routed by its
+// :authority as serveHTTP routes a request, and goes out on the pooled
+// upstream connections of the upstream it names. ctx is the connection's
+// (it carries the original destination); canceling drain sends GOAWAY.
+func (t *transparentListener) serveH2(drain, ctx context.Context, conn net.Conn) {
+	th := &transparentH2{t: t, conns: map[*Cluster]*h2Conn{}}
+	if pc, ok := ctx.Value(connKey{}).(*peekedConn); ok {
+		th.dst = pc.dst
+	}
+	th.remote = conn.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(th.remote); err == nil {
+		th.remoteHost = host
+	}
+	if err := t.h2Relay().ServeConn(drain, conn, nil, th); err != nil {
+		t.log.Debug("HTTP/2 connection ended", "remote", th.remote, "err", err)
+	}
+}
+
+// h2Relay is the transparent listener's HTTP/2 relay, made once. Its own
+// pool stays empty: every attempt names its upstream's pool.
+func (t *transparentListener) h2Relay() *h2relay.Server {
+	t.h2Once.Do(func() {
+		cfg := h2RelayConfig(t.s.config().Limits, 0)
+		log := t.log
+		cfg.Log = func(msg string, args ...any) { log.Debug(msg, args...) }
+		t.h2 = h2relay.NewServer(h2relay.NewPool(cfg))
+	})
+	return t.h2
+}
+
+// transparentH2 is the relay's policy for one captured HTTP/2 connection:
+// per stream, the policy of the upstream its :authority names.
+type transparentH2 struct {
+	t                  *transparentListener
+	dst                string
+	remote, remoteHost string
+	conns              map[*Cluster]*h2Conn // only Open uses it, on the connection's read loop
+}
+
+func (th *transparentH2) Open(req *h2relay.Request) (h2relay.Stream, *h2relay.Reply) {
+	host := req.Header.Get(":authority")
+	if host == "" {
+		host = req.Header.Get("host")
+	}
+	c := th.t.clusterForHost(host, th.dst)
+	if c == nil {
+		code, body := localReply(&upstreamError{kind: failUnknown, host: host, err: ErrUnknownUpstream})
+		return nil, h2LocalReply(code, body, false, strings.HasPrefix(req.Header.Get("content-type"), "application/grpc"))
+	}
+	hc := th.conns[c]
+	if hc == nil {
+		hc = &h2Conn{s: th.t.s, c: c, remote: th.remote, remoteHost: th.remoteHost, pool: th.t.s.h2For(c).Pool()}
+		th.conns[c] = hc
+	}
+	return hc.Open(req)
 }
 
 // peekedConn is a connection whose first bytes were read for sniffing.
