@@ -71,7 +71,7 @@ var rules = []rule{
 	},
 	{
 		pkgs:   "sidecar/h2relay",
-		only:   []string{"std", "golang.org/x/net/http2", "golang.org/x/net/http2/hpack"},
+		only:   []string{"std", "golang.org/x/net/http2", "golang.org/x/net/http2/hpack", "golang.org/x/net/http/httpguts"},
 		reason: "the HTTP/2 engine speaks the protocol only; endpoint choice, retries, policy and telemetry are the sidecar's, asked through its Handler",
 	},
 	{
