@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,7 +55,10 @@ func TestTransparentCaptureWithIptables(t *testing.T) {
 	for _, b := range []struct{ name, addr string }{{"api-1", "198.18.77.1:8080"}, {"api-2", "198.18.77.2:8080"}, {"web", "198.18.77.3:8080"}} {
 		ln := nsListen(t, ns, b.addr)
 		name := b.name
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })}
+		var protos http.Protocols // HTTP/1.1 and h2c with prior knowledge
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true)
+		srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) })}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 	}
@@ -151,6 +155,52 @@ upstreams:
 	if got := getHost("http://198.18.77.1:8080/", "nope"); !strings.HasPrefix(got, "404 ") {
 		t.Fatalf("unknown upstream: %q", got)
 	}
+	// h2c with prior knowledge, captured: one client connection whose
+	// streams each route by :authority (by name, or by the original
+	// destination for an address, balanced stream by stream).
+	var h2p http.Protocols
+	h2p.SetUnencryptedHTTP2(true)
+	var dials atomic.Int32
+	h2c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Protocols: &h2p,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			return nsDial(ns, addr)
+		}}}
+	h2Host := func(host string) string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://198.18.77.1:8080/", nil)
+		req.Host = host
+		resp, err := h2c.Do(req)
+		if err != nil {
+			t.Fatalf("h2c GET (authority %s): %v", host, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("h2c GET (authority %s): answered over HTTP/%d", host, resp.ProtoMajor)
+		}
+		return fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}
+	if got := h2Host("web"); got != "200 web" {
+		t.Fatalf("captured h2c stream with authority web: %q", got)
+	}
+	seen = map[string]int{}
+	for i := 0; i < 20; i++ {
+		seen[h2Host("198.18.77.1:8080")]++
+	}
+	if seen["200 api-1"] == 0 || seen["200 api-2"] == 0 || len(seen) != 2 {
+		t.Fatalf("h2c streams by original destination should balance across api: %v", seen)
+	}
+	if got := h2Host("nope"); !strings.HasPrefix(got, "404 ") {
+		t.Fatalf("h2c stream to an unknown upstream: %q", got)
+	}
+	if got := h2Host("api"); got != "200 api-1" && got != "200 api-2" {
+		t.Fatalf("h2c stream after the 404: %q", got)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("the h2c client dialed %d connections, want 1 (streams multiplexed)", n)
+	}
+
 	// TCP by original destination.
 	c, err := nsDial(ns, "198.18.77.3:9000")
 	if err != nil {
