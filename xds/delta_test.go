@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -553,4 +555,134 @@ func TestDeltaHandlerWaitsForSender(t *testing.T) {
 			t.Fatalf("%d sends, want 2", f.sent)
 		}
 	})
+}
+
+// A name subscribed before it exists is sent when it appears, and only
+// to its subscriber.
+func TestDeltaSubscribeBeforeItExists(t *testing.T) {
+	h := newDeltaHarness(t)
+	st := h.ads()
+	send(t, st, &discoveryv3.DeltaDiscoveryRequest{Node: nodeProto("n"), TypeUrl: resource.ClusterType, ResourceNamesSubscribe: []string{"db"}})
+	// Nothing exists for db: no response; the barrier's is the first.
+	barrier(t, st, resource.EndpointType, "api")
+	if err := h.srv.SetSettings([]Upstream{{Service: "api"}, {Service: "web"}, {Service: "db"}}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, st, "db appears", resource.ClusterType, []string{"db"}, nil)
+	if err := h.srv.SetSettings([]Upstream{{Service: "api"}, {Service: "web"}}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, st, "db gone", resource.ClusterType, nil, []string{"db"})
+}
+
+// A client reconnecting with initial_resource_versions of resources that
+// are gone is told they are removed, as go-control-plane does: explicit
+// names it subscribes to, and (wildcard) every name it says it has.
+func TestDeltaReconnectGoneResources(t *testing.T) {
+	h := newDeltaHarness(t)
+	first := h.ads()
+	send(t, first, &discoveryv3.DeltaDiscoveryRequest{Node: nodeProto("n"), TypeUrl: resource.ClusterType, ResourceNamesSubscribe: []string{"api", "web"}})
+	r := expect(t, first, "first stream", resource.ClusterType, []string{"api", "web"}, nil)
+	have := map[string]string{}
+	for _, res := range r.GetResources() {
+		have[res.GetName()] = res.GetVersion()
+	}
+	if err := h.srv.SetSettings([]Upstream{{Service: "api"}}); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, first, "web removed", resource.ClusterType, nil, []string{"web"})
+
+	named := h.ads()
+	send(t, named, &discoveryv3.DeltaDiscoveryRequest{Node: nodeProto("n"), TypeUrl: resource.ClusterType,
+		ResourceNamesSubscribe: []string{"api", "web"}, InitialResourceVersions: have})
+	expect(t, named, "named reconnect", resource.ClusterType, nil, []string{"web"})
+
+	wildcard := h.ads()
+	send(t, wildcard, &discoveryv3.DeltaDiscoveryRequest{Node: nodeProto("w"), TypeUrl: resource.ClusterType,
+		InitialResourceVersions: map[string]string{"api": have["api"], "web": have["web"], "db": "old"}})
+	expect(t, wildcard, "wildcard reconnect", resource.ClusterType, nil, []string{"db", "web"})
+}
+
+// Clients subscribing and unsubscribing while changes are pushed (the
+// handler's sends and the pool's racing on the subscription): after a
+// last subscription to both names, every stream gets the last weights.
+func TestDeltaSubscribeDuringPushes(t *testing.T) {
+	h := newDeltaHarness(t)
+	const n = 16
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type state struct {
+		mu      sync.Mutex
+		weights map[string]uint32
+		final   bool
+	}
+	states := make([]*state, n)
+	published := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(h.conn).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states[i] = &state{weights: map[string]uint32{}}
+		s := states[i]
+		st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: nodeProto(fmt.Sprint("n", i)), TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"api"}})
+		r := rand.New(rand.NewPCG(uint64(i), 2))
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for {
+				resp, err := st.Recv()
+				if err != nil {
+					return
+				}
+				s.mu.Lock()
+				for _, x := range resp.GetResources() {
+					s.weights[x.GetName()] = edsWeight(t, x)
+				}
+				s.mu.Unlock()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType}
+				nm := []string{"api", "web"}[r.IntN(2)]
+				if r.IntN(2) == 0 {
+					req.ResourceNamesUnsubscribe = []string{nm}
+				} else {
+					req.ResourceNamesSubscribe = []string{nm}
+				}
+				if st.Send(req) != nil {
+					return
+				}
+				runtime.Gosched()
+			}
+			<-published
+			st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"api", "web"}})
+			s.mu.Lock()
+			s.final = true
+			s.mu.Unlock()
+		}()
+	}
+	for w := uint32(2); w <= 30; w++ {
+		h.publish("api", w)
+		h.publish("web", w+100)
+		if w == 15 {
+			close(published)
+		}
+	}
+	waitFor(t, "every stream at the last weights", func() bool {
+		for _, s := range states {
+			s.mu.Lock()
+			ok := s.final && s.weights["api"] == 30 && s.weights["web"] == 130
+			s.mu.Unlock()
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	wg.Wait()
 }
