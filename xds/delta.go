@@ -593,6 +593,13 @@ func (s *deltaStream) request(req *discoveryv3.DeltaDiscoveryRequest, defaultTyp
 		}
 		typeURL = defaultTypeURL
 	}
+	if !servedType(typeURL) {
+		// Nothing to serve, ever: no subscription (a client naming many
+		// type URLs holds nothing for them), no response, as for a type
+		// whose snapshot is empty.
+		s.mu.Unlock()
+		return nil
+	}
 	sub := s.sub(typeURL)
 	if sub == nil {
 		// The first request of the type: legacy wildcard when it

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -685,4 +686,42 @@ func TestDeltaSubscribeDuringPushes(t *testing.T) {
 	})
 	cancel()
 	wg.Wait()
+}
+
+// TestDeltaUnknownTypeURLsBounded: a client naming type URLs the server
+// does not serve (as ACKs, with nonces) gets no answer for them, holds no
+// subscription for them, and grows no per-type stat: they count as
+// "other"; the stream serves the real types as before.
+func TestDeltaUnknownTypeURLsBounded(t *testing.T) {
+	h := newDeltaHarness(t)
+	st := h.ads()
+	for i := range 200 {
+		send(t, st, &discoveryv3.DeltaDiscoveryRequest{Node: nodeProto("n"), TypeUrl: fmt.Sprintf("type.googleapis.com/x.T%d", i),
+			ResourceNamesSubscribe: []string{"api"}, ResponseNonce: strconv.Itoa(i + 1)})
+	}
+	barrier(t, st, resource.ClusterType, "api") // every request above was handled
+	stats := h.srv.Stats()
+	for k := range stats.ACKsByType {
+		if k != otherType && !servedType(k) {
+			t.Errorf("acks_by_type has %q", k)
+		}
+	}
+	if stats.ACKsByType[otherType] < 200 {
+		t.Errorf("acks_by_type[other] = %d, want the 200 requests", stats.ACKsByType[otherType])
+	}
+	for _, c := range h.srv.Clients() {
+		if len(c.ACKed) > 4 {
+			t.Errorf("client %s holds ACKed versions of %d types", c.Node, len(c.ACKed))
+		}
+	}
+	h.srv.delta.mu.Lock()
+	defer h.srv.delta.mu.Unlock()
+	for s := range h.srv.delta.streams {
+		s.mu.Lock()
+		n := len(s.subs)
+		s.mu.Unlock()
+		if n != 1 {
+			t.Errorf("a stream holds %d subscriptions, want 1 (CDS)", n)
+		}
+	}
 }

@@ -779,6 +779,7 @@ func (c *serverCallbacks) closed(id int64) {
 
 // request records the node, and an ACK or NACK of typeURL; c.mu held.
 func (c *serverCallbacks) requestLocked(id int64, node *corev3.Node, typeURL, ackVersion string, nack *NACKInfo, isReply bool) {
+	typeURL = statType(typeURL)
 	st := c.clients[id]
 	if st == nil {
 		return
@@ -795,9 +796,31 @@ func (c *serverCallbacks) requestLocked(id int64, node *corev3.Node, typeURL, ac
 		return
 	}
 	inc(&c.acksByType, typeURL)
-	if ackVersion != "" {
+	if ackVersion != "" && typeURL != otherType {
 		st.acked[typeURL] = ackVersion
 	}
+}
+
+// otherType is how the stats count a type URL the server does not serve.
+const otherType = "other"
+
+// statType is typeURL as the stats and /clients count it: one of the
+// types served, or otherType (a client may send any type URL: the maps
+// stay bounded).
+func statType(typeURL string) string {
+	if servedType(typeURL) {
+		return typeURL
+	}
+	return otherType
+}
+
+// servedType reports whether the server serves resources of typeURL.
+func servedType(typeURL string) bool {
+	switch typeURL {
+	case resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType:
+		return true
+	}
+	return false
 }
 
 func inc(m *map[string]uint64, k string) {
