@@ -550,7 +550,9 @@ func (s *Server) served(typeURL string) *servedSnapshot {
 }
 
 // Register registers ADS and the CDS, EDS, LDS and RDS services (state of
-// the world and delta) on g.
+// the world and delta) on g. Stop ends the streams of the servers Serve
+// runs; on g, a delta stream waiting for its client's next request ends
+// when g stops (or the client leaves), not at Stop.
 func (s *Server) Register(g *grpc.Server) {
 	s.xds.register(g)
 }
