@@ -641,7 +641,7 @@ type sendPool struct {
 	stuckAfter time.Duration
 
 	mu      sync.Mutex
-	queue   []*deltaStream
+	queue   []flusher
 	workers map[*poolWorker]struct{}
 	check   *time.Timer
 }
@@ -650,7 +650,10 @@ type poolWorker struct {
 	since atomic.Int64 // unix nanos the current flush started; 0 when idle
 }
 
-func (p *sendPool) submit(s *deltaStream) {
+// flusher is a stream the pool sends for (deltaStream, sotwStream).
+type flusher interface{ flush() }
+
+func (p *sendPool) submit(s flusher) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.queue = append(p.queue, s)

@@ -26,21 +26,23 @@
 // skips localities of weight 0, so every assignment has one locality of
 // weight 1. gRPC uses endpoints whose health is HEALTHY or UNKNOWN.
 //
-// Server serves ADS and CDS, EDS, LDS and RDS: state of the world from
-// go-control-plane's snapshot caches and stream handler, delta from our
-// own handler (delta.go: one goroutine per stream, one immutable snapshot
-// per type with each resource encoded once and the names changed since the
-// previous one, per stream a shared set of subscribed names and a pointer
-// to the snapshot the client is in sync with). Its source of truth is a
+// Server serves ADS and CDS, EDS, LDS and RDS, delta and state of the
+// world, from our own handlers (delta.go: one goroutine per stream, one
+// immutable snapshot per type with each resource encoded once and the
+// names changed since the previous one, per stream a shared set of
+// subscribed names and a pointer to the snapshot the client is in sync
+// with; sotw.go: the same snapshots and name sets, one shared resource
+// list per distinct set of names, go-control-plane's sotw semantics). Its source of truth is a
 // discovery.Source (with ServeCatalog, every service a discovery.Catalog
 // lists, Defaults for those without settings of their own); changes there
 // (coalesced over Debounce) make one new, consistent snapshot, the same for
 // every node, whose per-type versions are hashes of the content: an
 // endpoint change moves only EDS, a settings change only CDS, and replicas
 // with the same state serve the same versions. Clients and Stats feed the
-// control plane's /clients, /config_dump and /metrics. The cache runs in non-ADS mode: in
-// ADS mode go-control-plane answers a request only if it names every
-// resource of the type, and our clients (and gRPC) subscribe to subsets.
+// control plane's /clients, /config_dump and /metrics. State of the world
+// answers as go-control-plane's snapshot cache in non-ADS mode: in ADS
+// mode it answers a request only if it names every resource of the type,
+// and our clients (and gRPC) subscribe to subsets.
 //
 // Client is a discovery.Source over one ADS stream, delta by default with
 // a state-of-the-world fallback against a server without delta: it

@@ -1,23 +1,19 @@
 package xds
 
 import (
-	"context"
-
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	deltav3 "github.com/envoyproxy/go-control-plane/pkg/server/delta/v3"
 	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	"google.golang.org/grpc"
 )
 
-// handlers serves ADS and CDS/EDS/LDS/RDS: state of the world on
-// go-control-plane's sotw stream handler and its snapshot caches, delta on
-// our own handler (deltaServer, delta.go).
+// handlers serves ADS and CDS/EDS/LDS/RDS: state of the world on our
+// own handler (sotwServer, sotw.go), delta too (deltaServer, delta.go).
 //
 // go-control-plane's pkg/server/v3 does the same, but it also links the
 // rate-limit config service, which lives in a separate module
@@ -31,7 +27,7 @@ type handlers struct {
 	listenerservice.UnimplementedListenerDiscoveryServiceServer
 	routeservice.UnimplementedRouteDiscoveryServiceServer
 
-	sotw  sotwv3.Server
+	sotw  *sotwServer
 	delta *deltaServer
 }
 
@@ -40,8 +36,8 @@ type callbacks interface {
 	deltav3.Callbacks
 }
 
-func newHandlers(ctx context.Context, c cache.Cache, cb callbacks, delta *deltaServer) *handlers {
-	return &handlers{sotw: sotwv3.NewServer(ctx, c, cb), delta: delta}
+func newHandlers(sotw *sotwServer, delta *deltaServer) *handlers {
+	return &handlers{sotw: sotw, delta: delta}
 }
 
 func (h *handlers) register(g *grpc.Server) {
@@ -53,7 +49,7 @@ func (h *handlers) register(g *grpc.Server) {
 }
 
 func (h *handlers) StreamAggregatedResources(s discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	return h.sotw.StreamHandler(s, resource.AnyType)
+	return h.sotw.handle(s, resource.AnyType)
 }
 
 func (h *handlers) DeltaAggregatedResources(s discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
@@ -61,7 +57,7 @@ func (h *handlers) DeltaAggregatedResources(s discoveryv3.AggregatedDiscoverySer
 }
 
 func (h *handlers) StreamClusters(s clusterservice.ClusterDiscoveryService_StreamClustersServer) error {
-	return h.sotw.StreamHandler(s, resource.ClusterType)
+	return h.sotw.handle(s, resource.ClusterType)
 }
 
 func (h *handlers) DeltaClusters(s clusterservice.ClusterDiscoveryService_DeltaClustersServer) error {
@@ -69,7 +65,7 @@ func (h *handlers) DeltaClusters(s clusterservice.ClusterDiscoveryService_DeltaC
 }
 
 func (h *handlers) StreamEndpoints(s endpointservice.EndpointDiscoveryService_StreamEndpointsServer) error {
-	return h.sotw.StreamHandler(s, resource.EndpointType)
+	return h.sotw.handle(s, resource.EndpointType)
 }
 
 func (h *handlers) DeltaEndpoints(s endpointservice.EndpointDiscoveryService_DeltaEndpointsServer) error {
@@ -77,7 +73,7 @@ func (h *handlers) DeltaEndpoints(s endpointservice.EndpointDiscoveryService_Del
 }
 
 func (h *handlers) StreamListeners(s listenerservice.ListenerDiscoveryService_StreamListenersServer) error {
-	return h.sotw.StreamHandler(s, resource.ListenerType)
+	return h.sotw.handle(s, resource.ListenerType)
 }
 
 func (h *handlers) DeltaListeners(s listenerservice.ListenerDiscoveryService_DeltaListenersServer) error {
@@ -85,7 +81,7 @@ func (h *handlers) DeltaListeners(s listenerservice.ListenerDiscoveryService_Del
 }
 
 func (h *handlers) StreamRoutes(s routeservice.RouteDiscoveryService_StreamRoutesServer) error {
-	return h.sotw.StreamHandler(s, resource.RouteType)
+	return h.sotw.handle(s, resource.RouteType)
 }
 
 func (h *handlers) DeltaRoutes(s routeservice.RouteDiscoveryService_DeltaRoutesServer) error {

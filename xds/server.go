@@ -81,8 +81,7 @@ func ControlPlaneGRPCOptions() []grpc.ServerOption {
 
 // Server is the embedded xDS server: per-type snapshots fed from a
 // discovery source, served over ADS and the per-type services (CDS, EDS,
-// LDS, RDS), state of the world (go-control-plane's snapshot caches and
-// handler) and delta (deltaServer).
+// LDS, RDS), state of the world (sotwServer) and delta (deltaServer).
 //
 // Every change the source reports for a served service (a snapshot with
 // different endpoints, a resource error) and every SetSettings call makes
@@ -94,19 +93,17 @@ func ControlPlaneGRPCOptions() []grpc.ServerOption {
 // client moving between replicas receives nothing new.
 //
 // Concurrency: all methods are safe for concurrent use. Source callbacks
-// and SetSettings serialise on one mutex; the snapshot caches and the
-// state-of-the-world streams run on go-control-plane's and grpc-go's
-// goroutines, delta streams on grpc-go's handler goroutine and the delta
-// handler's send pool.
+// and SetSettings serialise on one mutex; streams (state of the world and
+// delta) run on grpc-go's handler goroutine and their handler's send pool.
 type Server struct {
 	log *slog.Logger
 	src discovery.Source
 	// caches holds one snapshot cache per served type (and one, never
-	// set, for any other type a client asks for): a change of one type
-	// wakes only that type's watches.
+	// set, for any other type): the typed resources served (served).
 	caches map[string]cache.SnapshotCache
 	xds    *handlers
 	delta  *deltaServer // serves delta streams (delta.go)
+	sotw   *sotwServer  // serves state-of-the-world streams (sotw.go)
 	gopts  []grpc.ServerOption
 
 	ctx    context.Context
@@ -162,15 +159,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	s.cb.log = log
 	s.cb.last = map[int64]map[string]sentResponse{}
 	s.caches = map[string]cache.SnapshotCache{}
-	mux := &cache.MuxCache{Caches: map[string]cache.Cache{}}
 	for _, typ := range append(servedTypes[:len(servedTypes):len(servedTypes)], otherTypes) {
-		c := cache.NewSnapshotCache(false, constHash{}, slogAdapter(log))
-		s.caches[typ], mux.Caches[typ] = c, c
+		s.caches[typ] = cache.NewSnapshotCache(false, constHash{}, slogAdapter(log))
 	}
-	mux.Classify = func(r *cache.Request) string { return cacheFor(r.GetTypeUrl()) }
-	mux.ClassifyDelta = func(r *cache.DeltaRequest) string { return cacheFor(r.GetTypeUrl()) }
 	s.delta = newDeltaServer(ctx, &s.cb)
-	s.xds = newHandlers(ctx, mux, &s.cb, s.delta)
+	s.sotw = newSotwServer(ctx, &s.cb, &s.delta.sets)
+	s.xds = newHandlers(s.sotw, s.delta)
 	if opts.Defaults != nil {
 		s.defaults = *opts.Defaults
 		if err := s.defaults.Validate("defaults"); err != nil {
@@ -431,6 +425,7 @@ func (s *Server) rebuildLocked() {
 			s.log.Error("delta snapshot not set", "version", version, "type", typ, "err", err)
 			return
 		}
+		s.sotw.set(typ, s.delta.snapshot(typ))
 	}
 	s.version, s.versions = version, versions
 	s.pushes++
