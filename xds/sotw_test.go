@@ -255,3 +255,23 @@ func TestSotwBodiesShared(t *testing.T) {
 		t.Fatal("wildcard bodies not shared, or shared with a named one")
 	}
 }
+
+// A new version reaches a stream that has not ACKed the last response
+// when it does (go-control-plane's cache has no watch for it until then):
+// its ACK of the older version is answered at once with the new one, and
+// only once. A type the server does not serve is never answered.
+func TestSotwNewVersionBeforeACK(t *testing.T) {
+	h := newSotwHarness(t)
+	st := h.sotwADS()
+	sotwSend(t, st, &discoveryv3.DiscoveryRequest{Node: nodeProto("a"), TypeUrl: resource.EndpointType, ResourceNames: []string{"api"}})
+	r1 := sotwExpect(t, h, st, "first", resource.EndpointType, "api")
+	h.publish("api", 7)
+	ack(t, st, r1, "api")
+	r2 := sotwExpect(t, h, st, "ACK of the older version", resource.EndpointType, "api")
+	if r2.GetVersionInfo() == r1.GetVersionInfo() {
+		t.Fatalf("version %q again", r2.GetVersionInfo())
+	}
+	ack(t, st, r2, "api")
+	sotwSend(t, st, &discoveryv3.DiscoveryRequest{TypeUrl: resource.SecretType})
+	sotwBarrier(t, h, st)
+}
