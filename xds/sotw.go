@@ -452,6 +452,12 @@ func (s *sotwStream) request(req *discoveryv3.DiscoveryRequest, defaultTypeURL s
 		}
 	}
 	typeURL := req.GetTypeUrl()
+	if !servedType(typeURL) {
+		// Nothing to serve, ever: no state (a client naming many type
+		// URLs holds nothing for them), no response, as from
+		// go-control-plane's cache for a type never set.
+		return nil
+	}
 	s.mu.Lock()
 	sub := s.sub(typeURL)
 	if sub != nil && sub.nonce != "" && req.GetResponseNonce() != sub.nonce {
