@@ -222,6 +222,15 @@ func (h *testHandler) results() []Result {
 	return append([]Result(nil), h.ends...)
 }
 
+// resultsOf waits until n attempts have ended (the relay ends an attempt
+// once its stream is done, which may be after the client has its answer)
+// and returns them.
+func (h *testHandler) resultsOf(t *testing.T, n int) []Result {
+	t.Helper()
+	waitFor(t, func() bool { return len(h.results()) >= n }, fmt.Sprintf("%d attempts ended", n))
+	return h.results()
+}
+
 // startRelay serves the relay on a loopback port with h.
 func startRelay(t testing.TB, cfg Config, h Handler) (string, *Server) {
 	t.Helper()
@@ -551,7 +560,7 @@ func TestGRPCRetryOnStatus(t *testing.T) {
 	if b.calls.Load() != 1 {
 		t.Fatalf("b got %d calls, want 1 (the retry, with its 40 KiB body replayed)", b.calls.Load())
 	}
-	rs := h.results()
+	rs := h.resultsOf(t, 2)
 	if len(rs) != 2 || !rs[0].Retried || rs[1].Retried {
 		t.Fatalf("attempts %+v, want the first retried", rs)
 	}
@@ -571,7 +580,7 @@ func TestGRPCConnectFailureRetried(t *testing.T) {
 	if _, err := c.EmptyCall(testCtx(t), &testpb.Empty{}); err != nil {
 		t.Fatal(err)
 	}
-	rs := h.results()
+	rs := h.resultsOf(t, 2)
 	if len(rs) != 2 || !rs[0].Connect {
 		t.Fatalf("attempts %+v, want a connect failure then success", rs)
 	}

@@ -364,7 +364,7 @@ func TestGoAwayUnprocessedRetried(t *testing.T) {
 	if _, err := dialGRPC(t, relay).UnaryCall(testCtx(t), &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, 1000)}}); err != nil {
 		t.Fatal(err)
 	}
-	rs := h.results()
+	rs := h.resultsOf(t, 2)
 	if len(rs) != 2 || !rs[0].Unprocessed || !errors.Is(rs[0].Err, ErrGoAway) || rs[1].Status != 200 {
 		t.Fatalf("attempts %+v, want an unprocessed one then a 200", rs)
 	}
@@ -555,7 +555,7 @@ func TestStreamIdleTimeout(t *testing.T) {
 	if got := Header(f.Fields).Get("grpc-status"); got != "4" {
 		t.Fatalf("reply %v, want the timeout reply (grpc-status 4)", f.Fields)
 	}
-	rs := h.results()
+	rs := h.resultsOf(t, 1)
 	if len(rs) != 1 || !rs[0].Timeout || !errors.Is(rs[0].Err, ErrIdleTimeout) {
 		t.Fatalf("attempts %+v, want one ended by the idle timeout", rs)
 	}
