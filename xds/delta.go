@@ -401,24 +401,86 @@ type deltaStream struct {
 	id int64
 	st stream.DeltaStream
 
+	sender // its mu guards the fields below too
+	node   *corev3.Node
+	subs   []*deltaSub
+	nonce  int64
+}
+
+// sender is the send state of a stream (delta or state of the world): one
+// sender at a time (the handler goroutine or a pool worker), and no send
+// once the handler has returned (grpc forbids it).
+type sender struct {
 	mu      sync.Mutex
-	node    *corev3.Node
-	subs    []*deltaSub
-	nonce   int64
-	sending bool  // a sender is running (the handler or a pool worker)
+	sending bool  // a sender is running
 	sendErr error // a send failed: the stream is over
 	closed  bool
 	// idle, when set (by the closing handler), is closed when the
-	// running sender stops: no send may outlive the handler.
+	// running sender stops.
 	idle chan struct{}
 }
 
 // stopSendingLocked marks the sender stopped; s.mu held.
-func (s *deltaStream) stopSendingLocked() {
+func (s *sender) stopSendingLocked() {
 	s.sending = false
 	if s.idle != nil {
 		close(s.idle)
 		s.idle = nil
+	}
+}
+
+// kick has f (the stream owning s) flushed by the pool, unless a sender
+// is already running (it re-checks before it stops).
+func (s *sender) kick(p *sendPool, f flusher) {
+	s.mu.Lock()
+	if s.sending || s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.sending = true
+	s.mu.Unlock()
+	p.submit(f)
+}
+
+// closeLocked marks the stream closed for its closing handler and waits,
+// s.mu released meanwhile, for a running sender to stop: the client is
+// gone or going (a failed Recv cancels the stream), so its send ends
+// soon. s.mu held.
+func (s *sender) closeLocked() {
+	s.closed = true
+	if s.sending {
+		idle := make(chan struct{})
+		s.idle = idle
+		s.mu.Unlock()
+		<-idle
+		s.mu.Lock()
+	}
+}
+
+// flushWith sends what collectLocked (called with s.mu held) returns until
+// it returns nothing. The caller set s.sending.
+func flushWith[R any](s *sender, collectLocked func() []R, send func(R) error) {
+	for {
+		s.mu.Lock()
+		var resps []R
+		if !s.closed && s.sendErr == nil {
+			resps = collectLocked()
+		}
+		if len(resps) == 0 {
+			s.stopSendingLocked()
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		for _, r := range resps {
+			if err := send(r); err != nil {
+				s.mu.Lock()
+				s.sendErr = err
+				s.stopSendingLocked()
+				s.mu.Unlock()
+				return
+			}
+		}
 	}
 }
 
@@ -460,16 +522,7 @@ func (s *deltaStream) sub(typeURL string) *deltaSub {
 
 // kick has the stream's pending responses sent by the pool, unless a
 // sender is already running (it re-checks before it stops).
-func (s *deltaStream) kick(p *sendPool) {
-	s.mu.Lock()
-	if s.sending || s.closed {
-		s.mu.Unlock()
-		return
-	}
-	s.sending = true
-	s.mu.Unlock()
-	p.submit(s)
-}
+func (s *deltaStream) kick(p *sendPool) { s.sender.kick(p, s) }
 
 // collectLocked evaluates every subscription against its type's current
 // snapshot and returns the responses, nonces set and callbacks called.
@@ -491,30 +544,7 @@ func (s *deltaStream) collectLocked() []*discoveryv3.DeltaDiscoveryResponse {
 }
 
 // flush sends until nothing is pending. The caller set s.sending.
-func (s *deltaStream) flush() {
-	for {
-		s.mu.Lock()
-		var resps []*discoveryv3.DeltaDiscoveryResponse
-		if !s.closed && s.sendErr == nil {
-			resps = s.collectLocked()
-		}
-		if len(resps) == 0 {
-			s.stopSendingLocked()
-			s.mu.Unlock()
-			return
-		}
-		s.mu.Unlock()
-		for _, r := range resps {
-			if err := s.st.Send(r); err != nil {
-				s.mu.Lock()
-				s.sendErr = err
-				s.stopSendingLocked()
-				s.mu.Unlock()
-				return
-			}
-		}
-	}
-}
+func (s *deltaStream) flush() { flushWith(&s.sender, s.collectLocked, s.st.Send) }
 
 // handle serves one stream until the client ends it (or a request or a
 // send fails). defaultTypeURL is resource.AnyType for ADS.
@@ -533,17 +563,7 @@ func (d *deltaServer) handle(st stream.DeltaStream, defaultTypeURL string) error
 		delete(d.streams, s)
 		d.mu.Unlock()
 		s.mu.Lock()
-		s.closed = true
-		if s.sending {
-			// A pool worker is sending: grpc forbids a send after
-			// the handler returns. The client is gone or going (a
-			// failed Recv cancels the stream), so the send ends soon.
-			idle := make(chan struct{})
-			s.idle = idle
-			s.mu.Unlock()
-			<-idle
-			s.mu.Lock()
-		}
+		s.closeLocked()
 		for _, sub := range s.subs {
 			d.sets.release(sub.names)
 			sub.names = nil

@@ -253,14 +253,10 @@ type sotwStream struct {
 	id int64
 	st stream.Stream
 
-	mu      sync.Mutex
-	node    *corev3.Node
-	subs    []*sotwSub
-	nonce   int64
-	sending bool  // a sender is running (the handler or a pool worker)
-	sendErr error // a send failed: the stream is over
-	closed  bool
-	idle    chan struct{} // see deltaStream.idle
+	sender // its mu guards the fields below too
+	node   *corev3.Node
+	subs   []*sotwSub
+	nonce  int64
 }
 
 func (s *sotwStream) sub(typeURL string) *sotwSub {
@@ -270,14 +266,6 @@ func (s *sotwStream) sub(typeURL string) *sotwSub {
 		}
 	}
 	return nil
-}
-
-func (s *sotwStream) stopSendingLocked() {
-	s.sending = false
-	if s.idle != nil {
-		close(s.idle)
-		s.idle = nil
-	}
 }
 
 // push marks the type's response pending if the stream waits on it at
@@ -295,16 +283,7 @@ func (s *sotwStream) push(typeURL, version string) bool {
 
 // kick has the stream's pending responses sent by the pool, unless a
 // sender is already running (it re-checks before it stops).
-func (s *sotwStream) kick(p *sendPool) {
-	s.mu.Lock()
-	if s.sending || s.closed {
-		s.mu.Unlock()
-		return
-	}
-	s.sending = true
-	s.mu.Unlock()
-	p.submit(s)
-}
+func (s *sotwStream) kick(p *sendPool) { s.sender.kick(p, s) }
 
 // collectLocked builds the pending responses, nonces set and callbacks
 // called.
@@ -338,30 +317,7 @@ func (s *sotwStream) collectLocked() []*discoveryv3.DiscoveryResponse {
 }
 
 // flush sends until nothing is pending. The caller set s.sending.
-func (s *sotwStream) flush() {
-	for {
-		s.mu.Lock()
-		var resps []*discoveryv3.DiscoveryResponse
-		if !s.closed && s.sendErr == nil {
-			resps = s.collectLocked()
-		}
-		if len(resps) == 0 {
-			s.stopSendingLocked()
-			s.mu.Unlock()
-			return
-		}
-		s.mu.Unlock()
-		for _, r := range resps {
-			if err := s.st.Send(r); err != nil {
-				s.mu.Lock()
-				s.sendErr = err
-				s.stopSendingLocked()
-				s.mu.Unlock()
-				return
-			}
-		}
-	}
-}
+func (s *sotwStream) flush() { flushWith(&s.sender, s.collectLocked, s.st.Send) }
 
 // handle serves one stream until the client ends it (or a request or a
 // send fails). defaultTypeURL is resource.AnyType for ADS.
@@ -380,15 +336,7 @@ func (x *sotwServer) handle(st stream.Stream, defaultTypeURL string) error {
 		delete(x.streams, s)
 		x.mu.Unlock()
 		s.mu.Lock()
-		s.closed = true
-		if s.sending {
-			// As in deltaServer.handle: no send may outlive the handler.
-			idle := make(chan struct{})
-			s.idle = idle
-			s.mu.Unlock()
-			<-idle
-			s.mu.Lock()
-		}
+		s.closeLocked()
 		for _, sub := range s.subs {
 			x.sets.release(sub.names)
 			sub.names = nil
