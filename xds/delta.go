@@ -574,15 +574,22 @@ func (d *deltaServer) handle(st stream.DeltaStream, defaultTypeURL string) error
 			d.cb.OnDeltaStreamClosed(s.id, node)
 		}
 	}()
+	return serveRequests(d.ctx, st.Recv, func(req *discoveryv3.DeltaDiscoveryRequest) error { return s.request(req, defaultTypeURL) })
+}
+
+// serveRequests is a stream's receive loop: each request goes to handle
+// until the client ends the stream or the server stops (nil), or handle
+// fails (its error ends the stream).
+func serveRequests[R any](ctx context.Context, recv func() (R, error), handle func(R) error) error {
 	for {
-		req, err := st.Recv()
+		req, err := recv()
 		if err != nil {
 			return nil // the client ended the stream
 		}
-		if err := d.ctx.Err(); err != nil {
+		if ctx.Err() != nil {
 			return nil // the server is stopping
 		}
-		if err := s.request(req, defaultTypeURL); err != nil {
+		if err := handle(req); err != nil {
 			return err
 		}
 	}

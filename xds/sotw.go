@@ -347,18 +347,7 @@ func (x *sotwServer) handle(st stream.Stream, defaultTypeURL string) error {
 			x.cb.OnStreamClosed(s.id, node)
 		}
 	}()
-	for {
-		req, err := st.Recv()
-		if err != nil {
-			return nil // the client ended the stream
-		}
-		if err := x.ctx.Err(); err != nil {
-			return nil // the server is stopping
-		}
-		if err := s.request(req, defaultTypeURL); err != nil {
-			return err
-		}
-	}
+	return serveRequests(x.ctx, st.Recv, func(req *discoveryv3.DiscoveryRequest) error { return s.request(req, defaultTypeURL) })
 }
 
 // request applies one request as go-control-plane's sotw server and
