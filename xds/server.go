@@ -21,7 +21,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -29,16 +28,6 @@ import (
 	"github.com/sidemesh/sidemesh/discovery"
 	"github.com/sidemesh/sidemesh/upstream"
 )
-
-// snapshotKey is the one cache key every node maps to: all nodes get the
-// same snapshot, so one change makes one new version for every node.
-const snapshotKey = "sidemesh"
-
-type constHash struct{}
-
-func (constHash) ID(*corev3.Node) string { return snapshotKey }
-
-var _ cache.NodeHash = constHash{}
 
 // ServerOptions configure a Server.
 type ServerOptions struct {
@@ -96,15 +85,12 @@ func ControlPlaneGRPCOptions() []grpc.ServerOption {
 // and SetSettings serialise on one mutex; streams (state of the world and
 // delta) run on grpc-go's handler goroutine and their handler's send pool.
 type Server struct {
-	log *slog.Logger
-	src discovery.Source
-	// caches holds one snapshot cache per served type (and one, never
-	// set, for any other type): the typed resources served (served).
-	caches map[string]cache.SnapshotCache
-	xds    *handlers
-	delta  *deltaServer // serves delta streams (delta.go)
-	sotw   *sotwServer  // serves state-of-the-world streams (sotw.go)
-	gopts  []grpc.ServerOption
+	log   *slog.Logger
+	src   discovery.Source
+	xds   *handlers
+	delta *deltaServer // serves delta streams (delta.go)
+	sotw  *sotwServer  // serves state-of-the-world streams (sotw.go)
+	gopts []grpc.ServerOption
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -158,10 +144,6 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	}
 	s.cb.log = log
 	s.cb.last = map[int64]map[string]sentResponse{}
-	s.caches = map[string]cache.SnapshotCache{}
-	for _, typ := range append(servedTypes[:len(servedTypes):len(servedTypes)], otherTypes) {
-		s.caches[typ] = cache.NewSnapshotCache(false, constHash{}, slogAdapter(log))
-	}
 	s.delta = newDeltaServer(ctx, &s.cb)
 	s.sotw = newSotwServer(ctx, &s.cb, &s.delta.sets)
 	s.xds = newHandlers(s.sotw, s.delta)
@@ -414,13 +396,6 @@ func (s *Server) rebuildLocked() {
 		if s.version != "" && s.versions[typ] == versions[typ] {
 			continue // unchanged: its watches stay asleep
 		}
-		rt := cache.GetResponseType(typ)
-		one := &cache.Snapshot{}
-		one.Resources[rt] = snap.Resources[rt]
-		if err := s.caches[typ].SetSnapshot(s.ctx, snapshotKey, newServedSnapshot(one)); err != nil {
-			s.log.Error("snapshot not set", "version", version, "type", typ, "err", err)
-			return
-		}
 		if err := s.delta.set(typ, versions[typ], snap.GetResources(typ)); err != nil {
 			s.log.Error("delta snapshot not set", "version", version, "type", typ, "err", err)
 			return
@@ -430,36 +405,6 @@ func (s *Server) rebuildLocked() {
 	s.version, s.versions = version, versions
 	s.pushes++
 	s.log.Debug("snapshot set", "version", version, "services", len(list))
-}
-
-// servedSnapshot is the snapshot set in the cache: a go-control-plane
-// Snapshot whose GetResources returns one map per type, built once and
-// shared (read-only), where Snapshot.GetResources copies the type's map
-// on every call (go-control-plane's cache calls it per watch).
-type servedSnapshot struct {
-	*cache.Snapshot
-	byType map[string]map[string]types.Resource
-}
-
-var _ cache.ResourceSnapshot = (*servedSnapshot)(nil)
-
-func newServedSnapshot(snap *cache.Snapshot) *servedSnapshot {
-	s := &servedSnapshot{Snapshot: snap, byType: map[string]map[string]types.Resource{}}
-	for t := range types.UnknownType {
-		typ, err := cache.GetResponseTypeURL(t)
-		if err != nil {
-			continue
-		}
-		if res := snap.GetResources(typ); res != nil {
-			s.byType[typ] = res
-		}
-	}
-	return s
-}
-
-// GetResources returns the type's resources; callers must not modify the map.
-func (s *servedSnapshot) GetResources(typeURL string) map[string]types.Resource {
-	return s.byType[typeURL]
 }
 
 // consistent checks that every name a resource refers to is in the
@@ -521,28 +466,13 @@ func (s *Server) Versions() map[string]string {
 	return out
 }
 
-// servedTypes are the resource types the server serves, each from its own
-// snapshot cache; otherTypes names the cache of every other type (never
-// set: such watches stay open and get nothing, as from one cache).
+// servedTypes are the resource types the server serves, each with its own
+// version and snapshot.
 var servedTypes = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
 
-const otherTypes = "other"
-
-func cacheFor(typeURL string) string {
-	if slices.Contains(servedTypes, typeURL) {
-		return typeURL
-	}
-	return otherTypes
-}
-
-// served returns the snapshot a type's cache serves (nil before the first).
-func (s *Server) served(typeURL string) *servedSnapshot {
-	rs, err := s.caches[cacheFor(typeURL)].GetSnapshot(snapshotKey)
-	if err != nil {
-		return nil
-	}
-	return rs.(*servedSnapshot)
-}
+// served returns the type's snapshot as the stream handlers serve it (nil
+// before the first).
+func (s *Server) served(typeURL string) *deltaSnapshot { return s.delta.snapshot(typeURL) }
 
 // Register registers ADS and the CDS, EDS, LDS and RDS services (state of
 // the world and delta) on g. Stop ends the streams of the servers Serve
@@ -812,13 +742,7 @@ func statType(typeURL string) string {
 }
 
 // servedType reports whether the server serves resources of typeURL.
-func servedType(typeURL string) bool {
-	switch typeURL {
-	case resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType:
-		return true
-	}
-	return false
-}
+func servedType(typeURL string) bool { return slices.Contains(servedTypes, typeURL) }
 
 func inc(m *map[string]uint64, k string) {
 	if *m == nil {
@@ -861,10 +785,10 @@ func (c *serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 }
 
 // OnStreamRequest counts the request. A NACK names the last good version;
-// go-control-plane's cache would answer it at once with the rejected
-// version again, and the client would NACK again, in a tight loop. So a
-// NACK of the last response sent on this stream is recorded as if it
-// acknowledged that version: the cache then waits for the next change.
+// answered as a plain request, it would get the rejected version again at
+// once, and the client would NACK again, in a tight loop. So a NACK of the
+// last response sent on this stream is recorded as if it acknowledged that
+// version: the state-of-the-world handler then waits for the next change.
 func (c *serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	c.requests.Add(1)
 	if req.GetResponseNonce() == "" {
@@ -967,23 +891,4 @@ func (c *serverCallbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDi
 	}
 	m[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
 	c.responseLocked(resp.GetTypeUrl())
-}
-
-// slogAdapter routes go-control-plane's logging to slog. Its Debugf runs
-// per request; it is skipped unless debug is enabled.
-func slogAdapter(l *slog.Logger) cplog.Logger {
-	return cplog.LoggerFuncs{
-		DebugFunc: func(f string, a ...any) {
-			if l.Enabled(context.Background(), slog.LevelDebug) {
-				l.Debug(fmt.Sprintf(f, a...))
-			}
-		},
-		InfoFunc: func(f string, a ...any) {
-			if l.Enabled(context.Background(), slog.LevelInfo) {
-				l.Info(fmt.Sprintf(f, a...))
-			}
-		},
-		WarnFunc:  func(f string, a ...any) { l.Warn(fmt.Sprintf(f, a...)) },
-		ErrorFunc: func(f string, a ...any) { l.Error(fmt.Sprintf(f, a...)) },
-	}
 }

@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -38,7 +39,7 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 
 	all := []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
 	prev := map[string]string{}
-	prevServed := map[string]*servedSnapshot{}
+	prevServed := map[string]*deltaSnapshot{}
 	var pushes uint64
 	// check asserts that exactly the types in moved changed version
 	// since the last check, that each type's cache serves its version,
@@ -53,14 +54,10 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 			if served == nil {
 				t.Fatalf("%s: no %s snapshot", step, typ)
 			}
-			if now[typ] == "" || served.GetVersion(typ) != now[typ] {
-				t.Fatalf("%s: %s version %q, cache has %q", step, typ, now[typ], served.GetVersion(typ))
+			if now[typ] == "" || served.version != now[typ] {
+				t.Fatalf("%s: %s version %q, served snapshot has %q", step, typ, now[typ], served.version)
 			}
-			if got, want := served.GetResources(typ), served.Snapshot.GetResources(typ); !maps.Equal(got, want) {
-				t.Fatalf("%s: %s served resources %v, snapshot has %v", step, typ, got, want)
-			}
-			rt := cache.GetResponseType(typ)
-			combined.Resources[rt] = served.Snapshot.Resources[rt]
+			combined.Resources[cache.GetResponseType(typ)] = cache.NewResources(served.version, slices.Collect(maps.Values(typedResources(t, served))))
 			want := slices.Contains(moved, typ)
 			if got := now[typ] != prev[typ]; got != want {
 				t.Errorf("%s: %s version changed = %v, want %v (%q -> %q)", step, typ, got, want, prev[typ], now[typ])
@@ -92,7 +89,7 @@ func TestServerVersionsPerTypeFromContent(t *testing.T) {
 
 	src.ResourceError("web", discovery.ErrNotFound)
 	check("web gone", resource.EndpointType)
-	if cla := srv.served(resource.EndpointType).GetResources(resource.EndpointType)["web"].(*endpointv3.ClusterLoadAssignment); len(cla.Endpoints) != 0 {
+	if cla := typedResources(t, srv.served(resource.EndpointType))["web"].(*endpointv3.ClusterLoadAssignment); len(cla.Endpoints) != 0 {
 		t.Fatalf("web after a resource error: %v, want no endpoints", cla)
 	}
 
@@ -164,7 +161,7 @@ func TestServerDebounce(t *testing.T) {
 		if p := srv.Stats().Pushes; p != 2 {
 			t.Fatalf("after the debounce interval: %d pushes, want 2", p)
 		}
-		cla := srv.served(resource.EndpointType).GetResources(resource.EndpointType)["api"].(*endpointv3.ClusterLoadAssignment)
+		cla := typedResources(t, srv.served(resource.EndpointType))["api"].(*endpointv3.ClusterLoadAssignment)
 		if w := cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight.GetValue(); w != 6 {
 			t.Fatalf("weight %d after the burst, want the last (6)", w)
 		}
@@ -289,4 +286,19 @@ func TestServerDelta(t *testing.T) {
 	if w := recvWeight(); w != 5 {
 		t.Fatalf("weight %d, want 5", w)
 	}
+}
+
+// typedResources decodes a served snapshot's resources (each resource is
+// kept marshalled, as sent).
+func typedResources(t *testing.T, ds *deltaSnapshot) map[string]types.Resource {
+	t.Helper()
+	out := make(map[string]types.Resource, len(ds.res))
+	for name, r := range ds.res {
+		m, err := r.pb.GetResource().UnmarshalNew()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		out[name] = m.(types.Resource)
+	}
+	return out
 }
