@@ -23,6 +23,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/sidemesh/sidemesh/internal/testenv"
 )
 
 const oneUpstream = `
@@ -252,9 +254,7 @@ func TestLocalReplies(t *testing.T) {
 		case <-hang:
 		}
 	})
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := testenv.RefusedAddr(t)
 	s, _ := startSidecar(t, `
 admin: 127.0.0.1:0
 discovery: {file: "{{EP}}"}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/sidemesh/sidemesh/sidecar/balancer"
 	"github.com/sidemesh/sidemesh/sidecar/outlier"
+
+	"github.com/sidemesh/sidemesh/internal/testenv"
 )
 
 func clusterStatus(t *testing.T, s *Sidecar, name string) ClusterStatus {
@@ -409,12 +410,4 @@ upstreams:
 	}
 }
 
-func deadAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+func deadAddr(t *testing.T) string { return testenv.RefusedAddr(t) }

@@ -18,6 +18,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/sidemesh/sidemesh/internal/testenv"
 )
 
 // testService is the grpc-go backend of the tests: it echoes, streams the
@@ -567,12 +569,7 @@ func TestGRPCRetryOnStatus(t *testing.T) {
 }
 
 func TestGRPCConnectFailureRetried(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testenv.RefusedAddr(t)
 	_, addr := startBackend(t, "a")
 	h := &testHandler{addrs: []string{dead, addr}, retries: 1}
 	relay, _ := startRelay(t, Config{}, h)
@@ -587,7 +584,7 @@ func TestGRPCConnectFailureRetried(t *testing.T) {
 	// Without a retry: the handler's reply (UNAVAILABLE).
 	h2 := &testHandler{addrs: []string{dead}}
 	relay2, _ := startRelay(t, Config{}, h2)
-	_, err = dialGRPC(t, relay2).EmptyCall(testCtx(t), &testpb.Empty{})
+	_, err := dialGRPC(t, relay2).EmptyCall(testCtx(t), &testpb.Empty{})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("got %v, want Unavailable", err)
 	}
