@@ -341,11 +341,7 @@ func TestDeltaTypeURL(t *testing.T) {
 func TestDeltaManyStreams(t *testing.T) {
 	h := newDeltaHarness(t)
 	const n = 40
-	type state struct {
-		mu      sync.Mutex
-		weights map[string]uint32
-	}
-	states := make([]*state, n)
+	states := make([]*streamWeights, n)
 	var wg sync.WaitGroup
 	errc := make(chan error, n)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -355,7 +351,7 @@ func TestDeltaManyStreams(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		states[i] = &state{weights: map[string]uint32{}}
+		states[i] = &streamWeights{weights: map[string]uint32{}, final: true}
 		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: nodeProto(fmt.Sprint("n", i)), TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"api", "web"}}); err != nil {
 			t.Fatal(err)
 		}
@@ -370,15 +366,9 @@ func TestDeltaManyStreams(t *testing.T) {
 					}
 					return
 				}
-				states[i].mu.Lock()
-				for _, r := range resp.GetResources() {
-					cla := &endpointv3.ClusterLoadAssignment{}
-					if err := r.GetResource().UnmarshalTo(cla); err != nil {
-						errc <- err
-					}
-					states[i].weights[r.GetName()] = cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight.GetValue()
+				if err := states[i].record(resp); err != nil {
+					errc <- err
 				}
-				states[i].mu.Unlock()
 				if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: resp.GetNonce()}); err != nil {
 					return
 				}
@@ -389,17 +379,7 @@ func TestDeltaManyStreams(t *testing.T) {
 		h.publish("api", w)
 		h.publish("web", w+100)
 	}
-	waitFor(t, "every stream at the last weights", func() bool {
-		for _, s := range states {
-			s.mu.Lock()
-			ok := s.weights["api"] == 10 && s.weights["web"] == 110
-			s.mu.Unlock()
-			if !ok {
-				return false
-			}
-		}
-		return true
-	})
+	waitWeights(t, states, 10, 110)
 	cancel()
 	wg.Wait()
 	select {
@@ -612,12 +592,7 @@ func TestDeltaSubscribeDuringPushes(t *testing.T) {
 	const n = 16
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	type state struct {
-		mu      sync.Mutex
-		weights map[string]uint32
-		final   bool
-	}
-	states := make([]*state, n)
+	states := make([]*streamWeights, n)
 	published := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range n {
@@ -625,7 +600,7 @@ func TestDeltaSubscribeDuringPushes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		states[i] = &state{weights: map[string]uint32{}}
+		states[i] = &streamWeights{weights: map[string]uint32{}}
 		s := states[i]
 		st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: nodeProto(fmt.Sprint("n", i)), TypeUrl: resource.EndpointType, ResourceNamesSubscribe: []string{"api"}})
 		r := rand.New(rand.NewPCG(uint64(i), 2))
@@ -637,11 +612,10 @@ func TestDeltaSubscribeDuringPushes(t *testing.T) {
 				if err != nil {
 					return
 				}
-				s.mu.Lock()
-				for _, x := range resp.GetResources() {
-					s.weights[x.GetName()] = edsWeight(t, x)
+				if err := s.record(resp); err != nil {
+					t.Error(err)
+					return
 				}
-				s.mu.Unlock()
 			}
 		}()
 		go func() {
@@ -673,10 +647,41 @@ func TestDeltaSubscribeDuringPushes(t *testing.T) {
 			close(published)
 		}
 	}
+	waitWeights(t, states, 30, 130)
+	cancel()
+	wg.Wait()
+}
+
+// streamWeights is what a test stream has received: each EDS resource's
+// weight; final once the stream has sent its last subscription change.
+type streamWeights struct {
+	mu      sync.Mutex
+	weights map[string]uint32
+	final   bool
+}
+
+// record takes in a response's resources.
+func (s *streamWeights) record(resp *discoveryv3.DeltaDiscoveryResponse) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range resp.GetResources() {
+		cla := &endpointv3.ClusterLoadAssignment{}
+		if err := r.GetResource().UnmarshalTo(cla); err != nil {
+			return fmt.Errorf("%s: %w", r.GetName(), err)
+		}
+		s.weights[r.GetName()] = cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight.GetValue()
+	}
+	return nil
+}
+
+// waitWeights waits until every stream is final with api and web at
+// these weights.
+func waitWeights(t *testing.T, states []*streamWeights, api, web uint32) {
+	t.Helper()
 	waitFor(t, "every stream at the last weights", func() bool {
 		for _, s := range states {
 			s.mu.Lock()
-			ok := s.final && s.weights["api"] == 30 && s.weights["web"] == 130
+			ok := s.final && s.weights["api"] == api && s.weights["web"] == web
 			s.mu.Unlock()
 			if !ok {
 				return false
@@ -684,8 +689,6 @@ func TestDeltaSubscribeDuringPushes(t *testing.T) {
 		}
 		return true
 	})
-	cancel()
-	wg.Wait()
 }
 
 // TestDeltaUnknownTypeURLsBounded: a client naming type URLs the server
